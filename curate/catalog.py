@@ -1,0 +1,54 @@
+"""The run's DuckDB catalog: views over every Parquet the run wrote.
+
+``duckdb run/catalog.duckdb "select count(*) from samples"`` works with no project code. Views
+hold absolute paths (DuckDB resolves relative paths against the current directory, not the
+database file); ``curate catalog RUN`` rebuilds them after a run folder is moved.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+
+VIEWS = {
+    # One row per input sample, failures and drops included (the Parquet sidecars).
+    "samples": "SELECT * FROM read_parquet('{root}/shards/*.parquet', union_by_name = true)",
+    # One row per (sample, step) decision; failures appear as decisions of the step that failed them.
+    "decisions": (
+        "SELECT s.uid, s.shard, s.output_key, s.keep AS final_keep, d.step, d.keep, d.drop_reason "
+        "FROM samples AS s, UNNEST(s.decisions) AS u(d)"
+    ),
+    # Only the samples that are in the output tars.
+    "kept": "SELECT * FROM samples WHERE keep",
+    "shards": "SELECT * FROM read_parquet('{root}/shards.parquet')",
+    "steps": "SELECT * FROM read_parquet('{root}/steps.parquet')",
+}
+
+
+def _sql_path(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
+def build_catalog(run_root: str | os.PathLike) -> Path:
+    root = Path(run_root).resolve()
+    target = root / "catalog.duckdb"
+    tmp = root / ".catalog.duckdb.tmp"
+    tmp.unlink(missing_ok=True)
+    con = duckdb.connect(str(tmp))
+    try:
+        for name, sql in VIEWS.items():
+            con.execute(f"CREATE VIEW {name} AS {sql.format(root=_sql_path(root))}")
+    finally:
+        con.close()
+    Path(str(tmp) + ".wal").unlink(missing_ok=True)
+    os.replace(tmp, target)
+    return target
+
+
+def connect(run_root: str | os.PathLike) -> duckdb.DuckDBPyConnection:
+    path = Path(run_root) / "catalog.duckdb"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: is {run_root} a finished curate run?")
+    return duckdb.connect(str(path), read_only=True)

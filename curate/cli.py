@@ -1,0 +1,166 @@
+"""The ``curate`` command line: make-pool, run, query, catalog, demo, validate, list-steps."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+
+def _cmd_make_pool(args: argparse.Namespace) -> int:
+    from curate.synth import FaultRates, make_pool
+
+    faults = FaultRates(**_parse_rates(args.fault_rate)) if args.fault_rate else None
+    summary = make_pool(args.output, samples=args.samples, shard_size=args.shard_size, seed=args.seed,
+                        faults=faults, workers=args.workers)
+    console.print(f"wrote {args.samples} samples to {args.output}: {summary}")
+    return 0
+
+
+def _parse_rates(items: list[str]) -> dict[str, float]:
+    rates = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--fault-rate: value {item!r} is not of the form name=rate")
+        try:
+            rates[name] = float(value)
+        except ValueError:
+            raise SystemExit(f"--fault-rate {name}: value {value!r} is not a number") from None
+    return rates
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from curate.config import load_recipe
+    from curate.report import print_summary
+    from curate.runner import run_recipe
+
+    recipe = load_recipe(args.recipe, args.set, input_path=args.input, output_path=args.output)
+    if args.ray_address:
+        recipe = recipe.model_copy(update={"ray": recipe.ray.model_copy(update={"address": args.ray_address})})
+    if args.no_progress:
+        recipe = recipe.model_copy(update={"ray": recipe.ray.model_copy(update={"progress_bars": False})})
+    result = run_recipe(recipe, overwrite=args.overwrite)
+    print_summary(console, result)
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from curate.config import apply_overrides, load_recipe_data, validate_recipe
+
+    recipe = validate_recipe(apply_overrides(load_recipe_data(args.recipe), args.set))
+    console.print(f"{args.recipe}: valid recipe {recipe.name!r} with steps "
+                  f"{', '.join(s.step_id for s in recipe.steps) or '(none)'}")
+    return 0
+
+
+def _cmd_list_steps(args: argparse.Namespace) -> int:
+    from curate.registry import get_step, step_names
+
+    for name in step_names():
+        entry = get_step(name)
+        params = ", ".join(f"{k}={f.default!r}" for k, f in entry.params_model.model_fields.items())
+        console.print(f"[bold]{name}[/bold]: {entry.summary}\n    params: {params}")
+    return 0
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    from curate.query import run_query
+
+    run_query(args.run, args.sql, fmt=args.format, output=args.output, console=console)
+    return 0
+
+
+def _cmd_catalog(args: argparse.Namespace) -> int:
+    from curate.catalog import build_catalog
+
+    console.print(f"rebuilt {build_catalog(args.run)}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from curate.demo import run_demo
+
+    run_demo(Path(args.output), samples=args.samples, shard_size=args.shard_size, seed=args.seed,
+             console=console, overwrite=args.overwrite)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="curate", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("make-pool", help="generate the synthetic shapes-world pool (img2dataset format)")
+    p.add_argument("--output", required=True)
+    p.add_argument("--samples", type=int, default=2000)
+    p.add_argument("--shard-size", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--fault-rate", action="append", default=[], metavar="NAME=RATE",
+                   help="override one fault rate, e.g. --fault-rate corrupt_image=0.05")
+    p.set_defaults(func=_cmd_make_pool)
+
+    p = sub.add_parser("run", help="run a recipe (a YAML path or a built-in name) on a pool")
+    p.add_argument("recipe")
+    p.add_argument("--input", help="input shards: brace expansion, globs, fsspec URLs (overrides input.path)")
+    p.add_argument("--output", help="run folder (overrides output.path)")
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                   help="override a recipe field, e.g. --set steps.basic.params.min_side=128")
+    p.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS, else local Ray)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run folder holding another recipe's run")
+    p.add_argument("--no-progress", action="store_true", help="hide Ray Data progress bars")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("validate", help="validate a recipe without running it")
+    p.add_argument("recipe")
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("list-steps", help="list registered steps and their parameters")
+    p.set_defaults(func=_cmd_list_steps)
+
+    p = sub.add_parser("query", help="run SQL on a run's catalog (views: samples, decisions, kept, shards, steps)")
+    p.add_argument("run")
+    p.add_argument("sql")
+    p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
+    p.add_argument("--output", help="write the result to this file (required for parquet)")
+    p.set_defaults(func=_cmd_query)
+
+    p = sub.add_parser("catalog", help="rebuild a run's catalog.duckdb (e.g. after moving the folder)")
+    p.add_argument("run")
+    p.set_defaults(func=_cmd_catalog)
+
+    p = sub.add_parser("demo", help="make a synthetic pool and run the demo recipe on it")
+    p.add_argument("--output", default="demo")
+    p.add_argument("--samples", type=int, default=4000)
+    p.add_argument("--shard-size", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from curate.config import RecipeError
+    from curate.readers.base import InputError
+    from curate.rundir import RunFolderError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (RecipeError, InputError, RunFolderError, FileNotFoundError, ValueError) as exc:
+        err.print(f"[bold red]error:[/bold red] {exc}", highlight=False, markup=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

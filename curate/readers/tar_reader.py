@@ -1,0 +1,184 @@
+"""Read WebDataset tars, plain or as img2dataset wrote them (``.tar`` + ``.parquet``).
+
+img2dataset's parquet lists every sample, failed downloads included, so when it is present it
+is the authority on which rows exist: successes come from the tar, failures stay as failed
+rows, and a success the tar does not hold (a truncated tar) becomes ``failed_to_read``.
+Without a parquet, rows are the tar's samples in order, and a truncation is recorded as one
+failed row that says where the tar broke.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tarfile
+from dataclasses import dataclass, field
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate.identity import derive_uid, normalize_uid, sha256_hex
+from curate.readers.base import ShardRef
+from schemas.tables import (
+    SAMPLE_COLUMNS,
+    STATUS_FAILED_READ,
+    STATUS_SUCCESS,
+    rows_to_sample_table,
+)
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
+_INT_COLUMNS = ("width", "height", "original_width", "original_height")
+
+
+@dataclass
+class TarSample:
+    key: str
+    members: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class TarContents:
+    samples: list[TarSample]
+    error: str | None  # why reading stopped early, if it did
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """WebDataset's rule: the key is the path up to the first dot of the basename."""
+    directory, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    key = f"{directory}/{stem}" if directory else stem
+    return key, ext.lower() if dot else ""
+
+
+def iter_tar(path: str) -> TarContents:
+    samples: list[TarSample] = []
+    by_key: dict[str, TarSample] = {}
+    error = None
+    try:
+        with fsspec.open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                key, ext = split_member_name(info.name)
+                data = tar.extractfile(info).read()
+                if len(data) != info.size:
+                    raise tarfile.ReadError(f"member {info.name!r} is truncated")
+                sample = by_key.get(key)
+                if sample is None:
+                    sample = by_key[key] = TarSample(key)
+                    samples.append(sample)
+                sample.members[ext] = data
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        error = f"tar unreadable after {len(samples)} samples: {type(exc).__name__}: {exc}"
+        logger.warning("%s: %s", path, error)
+        # The sample being read when the tar broke may be missing members; drop it so that a
+        # half-read sample is never passed on as if it were whole.
+        if samples:
+            by_key.pop(samples.pop().key, None)
+    return TarContents(samples, error)
+
+
+def _decode_text(data: bytes, meta: dict, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        meta[f"{what}_encoding_error"] = str(exc)
+        return data.decode("utf-8", errors="replace")
+
+
+def _sample_fields(sample: TarSample) -> dict:
+    """Columns from a tar sample's members: image, caption from txt, the json's fields."""
+    meta: dict = {}
+    row: dict = {"key": sample.key}
+    if "json" in sample.members:
+        text = _decode_text(sample.members["json"], meta, "json")
+        try:
+            loaded = json.loads(text)
+            if isinstance(loaded, dict):
+                meta.update(loaded)
+            else:
+                meta["json_value"] = loaded
+        except json.JSONDecodeError as exc:
+            meta["json_error"] = f"invalid json member: {exc}"
+    if "txt" in sample.members:
+        meta["caption"] = _decode_text(sample.members["txt"], meta, "caption")
+    for ext in IMAGE_EXTENSIONS:
+        if ext in sample.members:
+            row["image"] = sample.members[ext]
+            row["image_ext"] = "jpg" if ext == "jpeg" else ext
+            break
+    row["meta"] = meta
+    return row
+
+
+def _finish_row(row: dict, extra: dict, ref: ShardRef) -> dict:
+    """Move known fields out of the merged metadata into columns; the rest stays in ``meta``."""
+    meta = {**extra, **row.pop("meta", {})}
+    for name in SAMPLE_COLUMNS:
+        if name in meta and name not in ("meta", "image", "decisions", "keep", "drop_reason"):
+            value = meta.pop(name)
+            if row.get(name) is None:
+                row[name] = value
+    for name in _INT_COLUMNS:
+        value = row.get(name)
+        row[name] = int(value) if isinstance(value, int | float) and value == value else None
+    row["key"] = None if row.get("key") is None else str(row["key"])
+    image = row.get("image")
+    if image is not None and not row.get("sha256"):
+        row["sha256"] = sha256_hex(image)
+    status = row.get("status") or STATUS_SUCCESS
+    if status == STATUS_SUCCESS and not image:
+        status = STATUS_FAILED_READ
+        row["error_message"] = row.get("error_message") or "sample has no image member"
+    row["status"] = status
+    row["uid"] = normalize_uid(meta.pop("uid", None)) or derive_uid(
+        row.get("url"), row.get("caption"), row.get("sha256")
+    )
+    row["source"] = ref.path
+    row["shard_index"] = ref.index
+    row["meta"] = json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str) if meta else None
+    return row
+
+
+def _parquet_rows(path: str) -> list[dict]:
+    with fsspec.open(path, "rb") as f:
+        return pq.read_table(f).to_pylist()
+
+
+def read_tar_shard(ref: ShardRef) -> pa.Table:
+    contents = iter_tar(ref.path)
+    rows: list[dict] = []
+    if ref.format == "img2dataset":
+        listed = _parquet_rows(ref.path.rsplit(".", 1)[0] + ".parquet")
+        in_tar = {s.key: s for s in contents.samples}
+        for record in listed:
+            record = {k: v for k, v in record.items() if not isinstance(v, bytes)}
+            key = None if record.get("key") is None else str(record["key"])
+            sample = in_tar.pop(key, None)
+            if sample is not None:
+                rows.append(_finish_row(_sample_fields(sample), record, ref))
+                continue
+            row = _finish_row({"key": key}, record, ref)
+            if row["status"] == STATUS_FAILED_READ:
+                row["error_message"] = contents.error or "listed as success but missing from the tar"
+            rows.append(row)
+        # Samples in the tar that the parquet does not list are still samples.
+        rows.extend(_finish_row(_sample_fields(s), {}, ref) for s in in_tar.values())
+    else:
+        rows.extend(_finish_row(_sample_fields(s), {}, ref) for s in contents.samples)
+        if contents.error:
+            rows.append(
+                _finish_row(
+                    {"key": f"__truncated_{len(contents.samples)}__", "meta": {}},
+                    {"status": STATUS_FAILED_READ, "error_message": contents.error,
+                     "url": f"{ref.path}#truncated"},
+                    ref,
+                )
+            )
+    for i, row in enumerate(rows):
+        row["row_in_shard"] = i
+        row["shard_rows"] = len(rows)
+    return rows_to_sample_table(rows)

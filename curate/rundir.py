@@ -1,0 +1,131 @@
+"""The run folder: its layout, its lock, its recipe fingerprint and its done-markers.
+
+Layout of ``run/``::
+
+    run.json            recipe fingerprint and inputs (a different recipe is refused)
+    recipe.yaml         the resolved recipe this run executes
+    shards/             NNNNNNNN.tar + NNNNNNNN.parquet + NNNNNNNN_stats.json, sizes.json
+    _done/NNNNNNNN.json a shard's counters; written last, it is what says the shard is done
+    _tmp/               parts in flight; emptied whenever a run starts
+    stats.json, shards.parquet, steps.parquet, catalog.duckdb   written when every shard is done
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+
+from schemas.recipe import Recipe
+
+
+class RunFolderError(RuntimeError):
+    """The output folder cannot be used for this run; the message says why and what to do."""
+
+
+def recipe_fingerprint(recipe: Recipe, shard_paths: list[str]) -> str:
+    """What determines the output: input shards, steps and the output caption, not Ray settings."""
+    payload = {
+        "input": recipe.input.model_dump(exclude={"path"}),
+        "shards": shard_paths,
+        "steps": [s.model_dump() for s in recipe.steps],
+        "caption_field": recipe.output.caption_field,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class RunDir:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).resolve()
+        self.shards = self.root / "shards"
+        self.done = self.root / "_done"
+        self.tmp = self.root / "_tmp"
+        self.download = self.root / "_download"
+        self.catalog = self.root / "catalog.duckdb"
+        self.stats = self.root / "stats.json"
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold an exclusive lock for the run; the OS drops it if the process is killed."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                raise RunFolderError(
+                    f"output folder {self.root} is in use by another curate run (pid {holder}); "
+                    "wait for it to finish or choose another --output"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    def prepare(self, recipe: Recipe, fingerprint: str, *, overwrite: bool) -> bool:
+        """Create or reopen the run folder; returns True when resuming an earlier run."""
+        info_path = self.root / "run.json"
+        if info_path.exists():
+            info = json.loads(info_path.read_text())
+            if info.get("fingerprint") == fingerprint:
+                self._clear_tmp()
+                return True
+            if not overwrite:
+                raise RunFolderError(
+                    f"output folder {self.root} holds a run of a different recipe or input "
+                    f"(recipe {info.get('recipe')!r}); pass --overwrite to replace it, or choose another --output"
+                )
+            self._wipe()
+        elif any(p.name != ".lock" for p in self.root.iterdir()) and not overwrite:
+            raise RunFolderError(
+                f"output folder {self.root} is not empty and is not a curate run; "
+                "choose an empty folder or pass --overwrite"
+            )
+        elif overwrite:
+            self._wipe()
+        for d in (self.shards, self.done, self.tmp):
+            d.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.root / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+        # run.json last: its presence says the folder is initialised for this fingerprint.
+        atomic_write_text(info_path, json.dumps({"fingerprint": fingerprint, "recipe": recipe.name}, indent=2))
+        return False
+
+    def _wipe(self) -> None:
+        for child in self.root.iterdir():
+            if child.name == ".lock":
+                continue
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
+    def _clear_tmp(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        for d in (self.shards, self.done, self.tmp):
+            d.mkdir(parents=True, exist_ok=True)
+        for stale in self.shards.glob(".*.tmp"):
+            stale.unlink()
+
+    def marker(self, shard_index: int) -> Path:
+        return self.done / f"{shard_index:08d}.json"
+
+    def is_done(self, shard_index: int) -> bool:
+        return self.marker(shard_index).exists()
+
+    def read_markers(self) -> list[dict]:
+        return [json.loads(p.read_text()) for p in sorted(self.done.glob("*.json"))]

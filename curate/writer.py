@@ -1,0 +1,140 @@
+"""Writing output: rows arrive in parts, in any order; a shard is written once it is whole.
+
+Ray Data may split and merge batches freely, so rows of one input shard can reach the writer
+in several batches and in any order. ``write_parts`` stores each batch's rows per shard as
+part files under ``_tmp``; once all of a shard's rows have arrived, ``finalize_shard`` sorts
+them, writes ``NNNNNNNN.tar`` (kept samples), ``NNNNNNNN.parquet`` (every row, no image bytes)
+and ``NNNNNNNN_stats.json`` under temporary names, renames them into place, and then writes
+the shard's done-marker. A kill at any moment leaves either a done shard or one to redo.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curate.crashpoints import crash_point
+from curate.rundir import RunDir, atomic_write_text
+from curate.stats import shard_counters
+from schemas.tables import HEAVY_COLUMNS, RUNNER_COLUMNS
+
+PART_SUMMARY_SCHEMA = pa.schema([("shard_index", pa.int32()), ("rows", pa.int64()),
+                                 ("shard_rows", pa.int64()), ("part", pa.string())])
+# Fixed tar header fields, so that the same rows always give the same bytes.
+_TAR_MTIME = 0
+
+
+def shard_name(shard_index: int) -> str:
+    return f"{shard_index:08d}"
+
+
+def output_key(shard_index: int, row_in_shard: int) -> str:
+    """Globally unique within a run, no dots, sorted like the samples: shard then position."""
+    return f"{shard_index:08d}{row_in_shard:06d}"
+
+
+def write_parts(batch: pa.Table, tmp_dir: str) -> pa.Table:
+    """Store a batch's rows as one part file per shard it touches; return what was stored."""
+    summaries = []
+    shard_ids = batch["shard_index"].to_numpy()
+    for shard_index in np.unique(shard_ids):
+        rows = batch.filter(pc.equal(batch["shard_index"], pa.scalar(int(shard_index), pa.int32())))
+        folder = Path(tmp_dir) / shard_name(int(shard_index))
+        folder.mkdir(parents=True, exist_ok=True)
+        part = folder / f"{uuid.uuid4().hex}.parquet"
+        tmp = part.with_name(f".{part.name}.tmp")
+        pq.write_table(rows, tmp)
+        os.replace(tmp, part)
+        summaries.append({"shard_index": int(shard_index), "rows": rows.num_rows,
+                          "shard_rows": int(rows["shard_rows"][0].as_py()), "part": str(part)})
+    crash_point("after_parts")
+    return pa.Table.from_pylist(summaries, schema=PART_SUMMARY_SCHEMA)
+
+
+def _json_ready(row: dict) -> dict:
+    out = {}
+    for name, value in row.items():
+        if name == "meta":
+            out["meta"] = json.loads(value) if value else {}
+        elif isinstance(value, bytes):
+            continue
+        elif isinstance(value, float) and value != value:
+            out[name] = None
+        else:
+            out[name] = value
+    return out
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = _TAR_MTIME
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _write_tar(path: Path, rows: pa.Table, caption_field: str) -> int:
+    written = 0
+    with open(path, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for row in rows.to_pylist():
+            key = row["output_key"]
+            caption = row.get(caption_field)
+            _add_member(tar, f"{key}.{row['image_ext'] or 'jpg'}", row["image"])
+            _add_member(tar, f"{key}.txt", ("" if caption is None else str(caption)).encode("utf-8"))
+            sample_json = _json_ready({k: v for k, v in row.items() if k not in HEAVY_COLUMNS + RUNNER_COLUMNS})
+            _add_member(tar, f"{key}.json", json.dumps(sample_json, ensure_ascii=False, default=str).encode())
+            written += 1
+        f.flush()
+        os.fsync(f.fileno())
+    return written
+
+
+def assemble_shard(part_paths: list[str], expected_rows: int) -> pa.Table:
+    table = pa.concat_tables([pq.read_table(p) for p in part_paths], promote_options="default")
+    table = table.take(pc.sort_indices(table["row_in_shard"]))
+    positions = table["row_in_shard"].to_numpy()
+    if table.num_rows != expected_rows or not np.array_equal(positions, np.arange(expected_rows)):
+        raise RuntimeError(
+            f"shard parts hold {table.num_rows} rows at positions {positions[:5]}..., expected "
+            f"{expected_rows} rows 0..{expected_rows - 1}: parts are inconsistent"
+        )
+    return table
+
+
+def finalize_shard(run: RunDir, shard_index: int, part_paths: list[str], expected_rows: int,
+                   caption_field: str, step_ids: list[str]) -> dict:
+    table = assemble_shard(part_paths, expected_rows)
+    name = shard_name(shard_index)
+    keep = table["keep"].to_pylist()
+    keys = [output_key(shard_index, int(r)) if k else None
+            for r, k in zip(table["row_in_shard"].to_pylist(), keep, strict=True)]
+    table = table.append_column("output_key", pa.array(keys, pa.string()))
+    table = table.append_column("shard", pa.array([f"{name}.tar"] * table.num_rows, pa.string()))
+    kept = table.filter(pc.field("keep"))
+
+    final = {ext: run.shards / f"{name}{ext}" for ext in (".tar", ".parquet", "_stats.json")}
+    tmp = {ext: p.with_name(f".{p.name}.tmp") for ext, p in final.items()}
+    written = _write_tar(tmp[".tar"], kept, caption_field)
+    pq.write_table(table.drop_columns([c for c in HEAVY_COLUMNS + RUNNER_COLUMNS if c in table.column_names]),
+                   tmp[".parquet"])
+    counters = {"shard": f"{name}.tar", "shard_index": shard_index, "source": table["source"][0].as_py(),
+                **shard_counters(table, step_ids)}
+    tmp["_stats.json"].write_text(json.dumps(
+        {"successes": written, "count": table.num_rows, "not_written": table.num_rows - written}, indent=2))
+    crash_point("shard_files_written")
+    for ext in (".parquet", "_stats.json", ".tar"):
+        os.replace(tmp[ext], final[ext])
+    crash_point("shard_renamed")
+    atomic_write_text(run.marker(shard_index), json.dumps(counters, indent=2))
+    for p in part_paths:
+        Path(p).unlink(missing_ok=True)
+    return counters

@@ -1,0 +1,1 @@
+"""Arrow schemas of the tables curate writes, and pydantic models of recipes."""

@@ -1,0 +1,105 @@
+"""Pydantic models of a recipe: input, output, Ray settings and an ordered list of steps.
+
+A recipe is validated completely before any work starts, including each step's parameters
+against the parameter model its component registered. Errors name the field, the value and
+what is allowed (see ``curate.config.RecipeError``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+
+InputFormat = Literal["auto", "img2dataset", "webdataset", "parquet", "datacomp", "urls"]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(StrictModel):
+    """Where the candidate pool is. ``path`` accepts brace expansion, globs and fsspec URLs."""
+
+    path: str | None = None
+    format: InputFormat = "auto"
+    # For ``urls`` pools: img2dataset download settings (passed through to img2dataset.download).
+    url_col: str = "url"
+    caption_col: str = "caption"
+    download_processes: PositiveInt = 1
+    download_threads: PositiveInt = 16
+    download_timeout_s: PositiveInt = 10
+    download_retries: int = Field(default=0, ge=0)
+    samples_per_shard: PositiveInt = 10_000
+
+
+class OutputSpec(StrictModel):
+    path: str | None = None
+    # The column whose text goes into each sample's ``txt`` member (what training reads).
+    caption_field: str = "caption"
+
+
+class RaySettings(StrictModel):
+    address: str | None = None  # None: RAY_ADDRESS if set, else a local embedded Ray
+    num_cpus: PositiveInt | None = None  # only for a local Ray
+    progress_bars: bool = True
+    # Input shards read concurrently; bounds memory together with the steps' batch sizes.
+    read_concurrency: PositiveInt = 2
+    # Reading is mostly I/O; a fraction of a CPU leaves room for the steps' actor pools.
+    read_num_cpus: float = Field(default=0.5, gt=0)
+
+
+class StepResources(StrictModel):
+    batch_size: PositiveInt = 256
+    num_cpus: float = Field(default=1.0, ge=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+    concurrency: PositiveInt = 1  # actors in the step's pool
+
+
+class StepSpec(StrictModel):
+    name: str  # a registered component, see ``curate list-steps``
+    id: str | None = None  # unique in the recipe; defaults to ``name``
+    params: dict[str, Any] = Field(default_factory=dict)
+    resources: StepResources = StepResources()
+
+    @field_validator("name")
+    @classmethod
+    def _known_step(cls, name: str) -> str:
+        from curate.registry import step_names
+
+        allowed = step_names()
+        if name not in allowed:
+            raise ValueError(f"unknown step {name!r}; allowed: {', '.join(allowed)}")
+        return name
+
+    @model_validator(mode="after")
+    def _valid_params(self) -> StepSpec:
+        from curate.registry import get_step
+
+        # Raises pydantic's ValidationError, whose locations are nested under this step's params.
+        get_step(self.name).params_model.model_validate(self.params)
+        return self
+
+    @property
+    def step_id(self) -> str:
+        return self.id or self.name
+
+
+class Recipe(StrictModel):
+    name: str = "recipe"
+    description: str = ""
+    input: InputSpec = InputSpec()
+    output: OutputSpec = OutputSpec()
+    ray: RaySettings = RaySettings()
+    steps: list[StepSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_step_ids(self) -> Recipe:
+        seen: set[str] = set()
+        for i, step in enumerate(self.steps):
+            if step.step_id in seen:
+                raise ValueError(
+                    f"steps.{i}.id: value {step.step_id!r} is used twice; give each step a unique id"
+                )
+            seen.add(step.step_id)
+        return self
