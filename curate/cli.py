@@ -17,8 +17,14 @@ def _cmd_make_pool(args: argparse.Namespace) -> int:
     from curate.synth import FaultRates, make_pool
 
     faults = FaultRates(**_parse_rates(args.fault_rate)) if args.fault_rate else None
-    summary = make_pool(args.output, samples=args.samples, shard_size=args.shard_size, seed=args.seed,
-                        faults=faults, workers=args.workers)
+    summary = make_pool(
+        args.output,
+        samples=args.samples,
+        shard_size=args.shard_size,
+        seed=args.seed,
+        faults=faults,
+        workers=args.workers,
+    )
     console.print(f"wrote {args.samples} samples to {args.output}: {summary}")
     return 0
 
@@ -55,8 +61,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from curate.config import apply_overrides, load_recipe_data, validate_recipe
 
     recipe = validate_recipe(apply_overrides(load_recipe_data(args.recipe), args.set))
-    console.print(f"{args.recipe}: valid recipe {recipe.name!r} with steps "
-                  f"{', '.join(s.step_id for s in recipe.steps) or '(none)'}")
+    console.print(
+        f"{args.recipe}: valid recipe {recipe.name!r} with steps "
+        f"{', '.join(s.step_id for s in recipe.steps) or '(none)'}"
+    )
     return 0
 
 
@@ -87,8 +95,14 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from curate.demo import run_demo
 
-    run_demo(Path(args.output), samples=args.samples, shard_size=args.shard_size, seed=args.seed,
-             console=console, overwrite=args.overwrite)
+    run_demo(
+        Path(args.output),
+        samples=args.samples,
+        shard_size=args.shard_size,
+        seed=args.seed,
+        console=console,
+        overwrite=args.overwrite,
+    )
     return 0
 
 
@@ -103,16 +117,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--fault-rate", action="append", default=[], metavar="NAME=RATE",
-                   help="override one fault rate, e.g. --fault-rate corrupt_image=0.05")
+    p.add_argument(
+        "--fault-rate",
+        action="append",
+        default=[],
+        metavar="NAME=RATE",
+        help="override one fault rate, e.g. --fault-rate corrupt_image=0.05",
+    )
     p.set_defaults(func=_cmd_make_pool)
 
     p = sub.add_parser("run", help="run a recipe (a YAML path or a built-in name) on a pool")
     p.add_argument("recipe")
     p.add_argument("--input", help="input shards: brace expansion, globs, fsspec URLs (overrides input.path)")
     p.add_argument("--output", help="run folder (overrides output.path)")
-    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
-                   help="override a recipe field, e.g. --set steps.basic.params.min_side=128")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a recipe field, e.g. --set steps.basic.params.min_side=128",
+    )
     p.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS, else local Ray)")
     p.add_argument("--overwrite", action="store_true", help="replace a run folder holding another recipe's run")
     p.add_argument("--no-progress", action="store_true", help="hide Ray Data progress bars")
@@ -153,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     from curate.rundir import RunFolderError
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return args.func(args)
     except (RecipeError, InputError, RunFolderError, FileNotFoundError, ValueError) as exc:

@@ -108,8 +108,13 @@ def validate_recipe(data: dict) -> Recipe:
         raise RecipeError(format_validation_error(exc)) from None
 
 
-def load_recipe(name_or_path: str, overrides: list[str] | None = None, *, input_path: str | None = None,
-                output_path: str | None = None) -> Recipe:
+def load_recipe(
+    name_or_path: str,
+    overrides: list[str] | None = None,
+    *,
+    input_path: str | None = None,
+    output_path: str | None = None,
+) -> Recipe:
     data = apply_overrides(load_recipe_data(name_or_path), list(overrides or []))
     if input_path is not None:
         data.setdefault("input", {})["path"] = input_path

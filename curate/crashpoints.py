@@ -10,7 +10,7 @@ import os
 import signal
 
 CRASH_POINTS = (
-    "after_parts",  # a batch's rows were written as parts; no shard finished yet
+    "part_tallied",  # the driver recorded a batch's parts; shards may be unfinished
     "shard_files_written",  # a shard's files are written under temporary names
     "shard_renamed",  # a shard's files are renamed into place; its done-marker is not written
     "before_run_summary",  # every shard is done; sizes.json, stats and catalog are not written

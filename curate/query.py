@@ -11,8 +11,9 @@ from rich.table import Table
 from curate.catalog import connect
 
 
-def run_query(run: str, sql: str, *, fmt: str = "table", output: str | None = None,
-              console: Console | None = None) -> None:
+def run_query(
+    run: str, sql: str, *, fmt: str = "table", output: str | None = None, console: Console | None = None
+) -> None:
     con = connect(run)
     try:
         if fmt == "parquet":

@@ -17,8 +17,15 @@ def print_summary(console: Console, result) -> None:
         table.add_column(col, justify="right" if col in ("in", "kept", "dropped", "failed") else "left")
     for step_id in stats.get("steps_order", []):
         c = stats["steps"].get(step_id, {"in": 0, "kept": 0, "dropped": {}, "failed": {}})
-        table.add_row(step_id, str(c["in"]), str(c["kept"]), str(sum(c["dropped"].values())),
-                      str(sum(c["failed"].values())), _reasons(c["dropped"]), _reasons(c["failed"]))
+        table.add_row(
+            step_id,
+            str(c["in"]),
+            str(c["kept"]),
+            str(sum(c["dropped"].values())),
+            str(sum(c["failed"].values())),
+            _reasons(c["dropped"]),
+            _reasons(c["failed"]),
+        )
     console.print(table)
     resumed = f" (resumed; {result.shards_done_before} shards were already done)" if result.resumed else ""
     console.print(
@@ -26,8 +33,8 @@ def print_summary(console: Console, result) -> None:
         f"in {result.seconds:.1f}s{resumed}\n"
         f"  final statuses: {_reasons(stats['status'])}\n"
         f"  shards:  {run.shards}/{{{0:08d}..{max(stats['shards'] - 1, 0):08d}}}.tar  (sizes.json beside them)\n"
-        f"  catalog: {run.catalog}   e.g. curate query {run.root} \"select step, drop_reason, count(*) "
-        f"from decisions group by all\"\n"
+        f'  catalog: {run.catalog}   e.g. curate query {run.root} "select step, drop_reason, count(*) '
+        f'from decisions group by all"\n'
         f"  stats:   {run.stats}",
         highlight=False,
     )

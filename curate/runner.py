@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -48,15 +49,17 @@ def ensure_ray(recipe: Recipe) -> None:
     if recipe.ray.address:
         ray.init(address=recipe.ray.address, log_to_driver=False)
     else:
-        ray.init(num_cpus=recipe.ray.num_cpus, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        ray.init(num_cpus=recipe.ray.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
 def _read_batch(batch: pa.Table) -> pa.Table:
     """One row per shard in, that shard's sample table out (Ray ``map_batches`` with batch_size=1)."""
-    tables = [read_shard(ShardRef(int(i), str(p), str(f)))
-              for i, p, f in zip(batch["index"].to_pylist(), batch["path"].to_pylist(),
-                                 batch["format"].to_pylist(), strict=True)]
+    tables = [
+        read_shard(ShardRef(int(i), str(p), str(f)))
+        for i, p, f in zip(
+            batch["index"].to_pylist(), batch["path"].to_pylist(), batch["format"].to_pylist(), strict=True
+        )
+    ]
     return pa.concat_tables(tables, promote_options="default")
 
 
@@ -70,18 +73,27 @@ def build_dataset(recipe: Recipe, shards: list[ShardRef], tmp_dir: str):
     ctx.enable_progress_bars = recipe.ray.progress_bars
     items = [{"index": s.index, "path": s.path, "format": s.format} for s in shards]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(_read_batch, batch_size=1, batch_format="pyarrow", num_cpus=recipe.ray.read_num_cpus,
-                        compute=TaskPoolStrategy(size=recipe.ray.read_concurrency))
+    ds = ds.map_batches(
+        _read_batch,
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=recipe.ray.read_num_cpus,
+        compute=TaskPoolStrategy(size=recipe.ray.read_concurrency),
+    )
     for step in recipe.steps:
         res = step.resources
         ds = ds.map_batches(
             StepRunner,
             fn_constructor_kwargs={"name": step.name, "step_id": step.step_id, "params": step.params},
-            batch_size=res.batch_size, batch_format="pyarrow", num_cpus=res.num_cpus, num_gpus=res.num_gpus,
+            batch_size=res.batch_size,
+            batch_format="pyarrow",
+            num_cpus=res.num_cpus,
+            num_gpus=res.num_gpus,
             compute=ActorPoolStrategy(size=res.concurrency),
         )
-    return ds.map_batches(write_parts, fn_kwargs={"tmp_dir": tmp_dir}, batch_size=None,
-                          batch_format="pyarrow", num_cpus=WRITE_NUM_CPUS)
+    return ds.map_batches(
+        write_parts, fn_kwargs={"tmp_dir": tmp_dir}, batch_size=None, batch_format="pyarrow", num_cpus=WRITE_NUM_CPUS
+    )
 
 
 def check_resources(recipe: Recipe, cluster: dict[str, float]) -> None:
@@ -114,11 +126,14 @@ def _execute(recipe: Recipe, run: RunDir, pending: list[ShardRef]) -> None:
         index = int(summary["shard_index"])
         arrived[index] += int(summary["rows"])
         parts[index].append(summary["part"])
+        crash_point("part_tallied")
         if arrived[index] == int(summary["shard_rows"]):
-            counters = finalize_shard(run, index, parts.pop(index), arrived[index],
-                                      recipe.output.caption_field, step_ids)
-            logger.info("shard %s done: %d of %d rows written", counters["shard"], counters["written"],
-                        counters["rows"])
+            counters = finalize_shard(
+                run, index, parts.pop(index), arrived[index], recipe.output.caption_field, step_ids
+            )
+            logger.info(
+                "shard %s done: %d of %d rows written", counters["shard"], counters["written"], counters["rows"]
+            )
     unfinished = [s.index for s in pending if not run.is_done(s.index)]
     if unfinished:
         raise RuntimeError(f"run ended with {len(unfinished)} shard(s) unfinished: {unfinished[:10]}")
@@ -131,19 +146,37 @@ def _write_summary(recipe: Recipe, run: RunDir, shards: list[ShardRef]) -> dict:
     stats["steps_order"] = [s.step_id for s in recipe.steps]
     sizes = {m["shard"]: m["written"] for m in sorted(markers, key=lambda m: m["shard_index"])}
     atomic_write_text(run.shards / "sizes.json", json.dumps(sizes, indent=2))
-    shard_rows = [{"shard": m["shard"], "shard_index": m["shard_index"], "source": m["source"],
-                   "rows": m["rows"], "written": m["written"], "status": json.dumps(m["status"])}
-                  for m in markers]
+    shard_rows = [
+        {
+            "shard": m["shard"],
+            "shard_index": m["shard_index"],
+            "source": m["source"],
+            "rows": m["rows"],
+            "written": m["written"],
+            "status": json.dumps(m["status"]),
+        }
+        for m in markers
+    ]
     pq.write_table(pa.Table.from_pylist(shard_rows), run.root / "shards.parquet")
     step_rows = []
     for step_id in stats["steps_order"]:
         c = stats["steps"].get(step_id, {"in": 0, "kept": 0, "dropped": {}, "failed": {}})
-        step_rows.append({"step": step_id, "in": c["in"], "kept": c["kept"],
-                          "dropped": sum(c["dropped"].values()), "failed": sum(c["failed"].values()),
-                          "dropped_by_reason": json.dumps(c["dropped"]), "failed_by_reason": json.dumps(c["failed"])})
+        step_rows.append(
+            {
+                "step": step_id,
+                "in": c["in"],
+                "kept": c["kept"],
+                "dropped": sum(c["dropped"].values()),
+                "failed": sum(c["failed"].values()),
+                "dropped_by_reason": json.dumps(c["dropped"]),
+                "failed_by_reason": json.dumps(c["failed"]),
+            }
+        )
     pq.write_table(pa.Table.from_pylist(step_rows), run.root / "steps.parquet")
     build_catalog(run.root)
     atomic_write_text(run.stats, json.dumps(stats, indent=2))
+    # Parts that a killed run's orphaned workers wrote late belong to no shard any more.
+    shutil.rmtree(run.tmp, ignore_errors=True)
     return stats
 
 
@@ -153,9 +186,15 @@ def resolve_shards(recipe: Recipe, run: RunDir) -> list[ShardRef]:
 
         spec = recipe.input
         pattern = download_url_pool(
-            spec.path, str(run.download), url_col=spec.url_col, caption_col=spec.caption_col,
-            processes=spec.download_processes, threads=spec.download_threads, timeout=spec.download_timeout_s,
-            retries=spec.download_retries, samples_per_shard=spec.samples_per_shard,
+            spec.path,
+            str(run.download),
+            url_col=spec.url_col,
+            caption_col=spec.caption_col,
+            processes=spec.download_processes,
+            threads=spec.download_threads,
+            timeout=spec.download_timeout_s,
+            retries=spec.download_retries,
+            samples_per_shard=spec.samples_per_shard,
         )
         return list_shards(pattern, "img2dataset")
     return list_shards(recipe.input.path, recipe.input.format)

@@ -62,8 +62,9 @@ class StepRunner:
         try:
             return self.step(table)
         except Exception as exc:  # noqa: BLE001 - any failure is isolated to the rows causing it
-            logger.warning("step %s failed on a batch of %d (%s); retrying row by row",
-                           self.step_id, table.num_rows, exc)
+            logger.warning(
+                "step %s failed on a batch of %d (%s); retrying row by row", self.step_id, table.num_rows, exc
+            )
         pieces = []
         for i in range(table.num_rows):
             row = table.slice(i, 1)
@@ -71,10 +72,12 @@ class StepRunner:
                 pieces.append(self.step(row))
             except Exception as exc:  # noqa: BLE001
                 failed = row.set_column(
-                    row.schema.get_field_index("status"), "status",
+                    row.schema.get_field_index("status"),
+                    "status",
                     pa.array([step_failed_status(self.step_id)]),
                 ).set_column(
-                    row.schema.get_field_index("error_message"), "error_message",
+                    row.schema.get_field_index("error_message"),
+                    "error_message",
                     pa.array([f"{type(exc).__name__}: {exc}"]),
                 )
                 pieces.append(failed)
@@ -83,8 +86,8 @@ class StepRunner:
     def _fold_decisions(self, done: pa.Table, before: pa.Table) -> pa.Table:
         n = done.num_rows
         names = done.column_names
-        step_keep = (done[STEP_KEEP].to_pylist() if STEP_KEEP in names else [None] * n)
-        step_reason = (done[STEP_DROP_REASON].to_pylist() if STEP_DROP_REASON in names else [None] * n)
+        step_keep = done[STEP_KEEP].to_pylist() if STEP_KEEP in names else [None] * n
+        step_reason = done[STEP_DROP_REASON].to_pylist() if STEP_DROP_REASON in names else [None] * n
         status = done["status"].to_pylist()
         keep = done["keep"].to_pylist()
         reasons = done["drop_reason"].to_pylist()
@@ -99,11 +102,15 @@ class StepRunner:
                 this_reason = this_reason or "dropped"
                 if keep[i]:
                     keep[i], reasons[i] = False, f"{self.step_id}:{this_reason}"
-            decisions[i] = [*(decisions[i] or []),
-                            {"step": self.step_id, "keep": bool(this_keep),
-                             "drop_reason": None if this_keep else this_reason}]
+            decisions[i] = [
+                *(decisions[i] or []),
+                {"step": self.step_id, "keep": bool(this_keep), "drop_reason": None if this_keep else this_reason},
+            ]
         done = done.drop_columns([c for c in (STEP_KEEP, STEP_DROP_REASON) if c in names])
-        for name, values, typ in (("keep", keep, pa.bool_()), ("drop_reason", reasons, pa.string()),
-                                  ("decisions", decisions, pa.list_(DECISION_TYPE))):
+        for name, values, typ in (
+            ("keep", keep, pa.bool_()),
+            ("drop_reason", reasons, pa.string()),
+            ("decisions", decisions, pa.list_(DECISION_TYPE)),
+        ):
             done = done.set_column(done.schema.get_field_index(name), name, pa.array(values, type=typ))
         return done

@@ -27,8 +27,9 @@ from curate.rundir import RunDir, atomic_write_text
 from curate.stats import shard_counters
 from schemas.tables import HEAVY_COLUMNS, RUNNER_COLUMNS
 
-PART_SUMMARY_SCHEMA = pa.schema([("shard_index", pa.int32()), ("rows", pa.int64()),
-                                 ("shard_rows", pa.int64()), ("part", pa.string())])
+PART_SUMMARY_SCHEMA = pa.schema(
+    [("shard_index", pa.int32()), ("rows", pa.int64()), ("shard_rows", pa.int64()), ("part", pa.string())]
+)
 # Fixed tar header fields, so that the same rows always give the same bytes.
 _TAR_MTIME = 0
 
@@ -54,9 +55,14 @@ def write_parts(batch: pa.Table, tmp_dir: str) -> pa.Table:
         tmp = part.with_name(f".{part.name}.tmp")
         pq.write_table(rows, tmp)
         os.replace(tmp, part)
-        summaries.append({"shard_index": int(shard_index), "rows": rows.num_rows,
-                          "shard_rows": int(rows["shard_rows"][0].as_py()), "part": str(part)})
-    crash_point("after_parts")
+        summaries.append(
+            {
+                "shard_index": int(shard_index),
+                "rows": rows.num_rows,
+                "shard_rows": int(rows["shard_rows"][0].as_py()),
+                "part": str(part),
+            }
+        )
     return pa.Table.from_pylist(summaries, schema=PART_SUMMARY_SCHEMA)
 
 
@@ -110,13 +116,16 @@ def assemble_shard(part_paths: list[str], expected_rows: int) -> pa.Table:
     return table
 
 
-def finalize_shard(run: RunDir, shard_index: int, part_paths: list[str], expected_rows: int,
-                   caption_field: str, step_ids: list[str]) -> dict:
+def finalize_shard(
+    run: RunDir, shard_index: int, part_paths: list[str], expected_rows: int, caption_field: str, step_ids: list[str]
+) -> dict:
     table = assemble_shard(part_paths, expected_rows)
     name = shard_name(shard_index)
     keep = table["keep"].to_pylist()
-    keys = [output_key(shard_index, int(r)) if k else None
-            for r, k in zip(table["row_in_shard"].to_pylist(), keep, strict=True)]
+    keys = [
+        output_key(shard_index, int(r)) if k else None
+        for r, k in zip(table["row_in_shard"].to_pylist(), keep, strict=True)
+    ]
     table = table.append_column("output_key", pa.array(keys, pa.string()))
     table = table.append_column("shard", pa.array([f"{name}.tar"] * table.num_rows, pa.string()))
     kept = table.filter(pc.field("keep"))
@@ -124,12 +133,18 @@ def finalize_shard(run: RunDir, shard_index: int, part_paths: list[str], expecte
     final = {ext: run.shards / f"{name}{ext}" for ext in (".tar", ".parquet", "_stats.json")}
     tmp = {ext: p.with_name(f".{p.name}.tmp") for ext, p in final.items()}
     written = _write_tar(tmp[".tar"], kept, caption_field)
-    pq.write_table(table.drop_columns([c for c in HEAVY_COLUMNS + RUNNER_COLUMNS if c in table.column_names]),
-                   tmp[".parquet"])
-    counters = {"shard": f"{name}.tar", "shard_index": shard_index, "source": table["source"][0].as_py(),
-                **shard_counters(table, step_ids)}
-    tmp["_stats.json"].write_text(json.dumps(
-        {"successes": written, "count": table.num_rows, "not_written": table.num_rows - written}, indent=2))
+    pq.write_table(
+        table.drop_columns([c for c in HEAVY_COLUMNS + RUNNER_COLUMNS if c in table.column_names]), tmp[".parquet"]
+    )
+    counters = {
+        "shard": f"{name}.tar",
+        "shard_index": shard_index,
+        "source": table["source"][0].as_py(),
+        **shard_counters(table, step_ids),
+    }
+    tmp["_stats.json"].write_text(
+        json.dumps({"successes": written, "count": table.num_rows, "not_written": table.num_rows - written}, indent=2)
+    )
     crash_point("shard_files_written")
     for ext in (".parquet", "_stats.json", ".tar"):
         os.replace(tmp[ext], final[ext])

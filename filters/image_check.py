@@ -70,7 +70,11 @@ class ImageChecker:
             else:
                 widths[i], heights[i], fmt = result
                 formats.append(fmt)
-        for name, values, typ in (("width", widths, pa.int32()), ("height", heights, pa.int32()),
-                                  ("status", status, pa.string()), ("error_message", errors, pa.string())):
+        for name, values, typ in (
+            ("width", widths, pa.int32()),
+            ("height", heights, pa.int32()),
+            ("status", status, pa.string()),
+            ("error_message", errors, pa.string()),
+        ):
             batch = batch.set_column(batch.schema.get_field_index(name), name, pa.array(values, type=typ))
         return batch.append_column("image_format", pa.array(formats, type=pa.string()))

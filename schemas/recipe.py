@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 InputFormat = Literal["auto", "img2dataset", "webdataset", "parquet", "datacomp", "urls"]
 
@@ -72,13 +80,16 @@ class StepSpec(StrictModel):
             raise ValueError(f"unknown step {name!r}; allowed: {', '.join(allowed)}")
         return name
 
-    @model_validator(mode="after")
-    def _valid_params(self) -> StepSpec:
+    @field_validator("params")
+    @classmethod
+    def _valid_params(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         from curate.registry import get_step
 
-        # Raises pydantic's ValidationError, whose locations are nested under this step's params.
-        get_step(self.name).params_model.model_validate(self.params)
-        return self
+        name = info.data.get("name")
+        if name is not None:  # an unknown name was already reported
+            # pydantic nests the errors of this model under ``steps.N.params``.
+            get_step(name).params_model.model_validate(params)
+        return params
 
     @property
     def step_id(self) -> str:
@@ -98,8 +109,6 @@ class Recipe(StrictModel):
         seen: set[str] = set()
         for i, step in enumerate(self.steps):
             if step.step_id in seen:
-                raise ValueError(
-                    f"steps.{i}.id: value {step.step_id!r} is used twice; give each step a unique id"
-                )
+                raise ValueError(f"steps.{i}.id: value {step.step_id!r} is used twice; give each step a unique id")
             seen.add(step.step_id)
         return self

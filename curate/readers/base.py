@@ -18,8 +18,12 @@ import pyarrow as pa
 
 logger = logging.getLogger(__name__)
 
-SHARD_SUFFIXES = {"webdataset": (".tar",), "img2dataset": (".tar",), "parquet": (".parquet",),
-                  "datacomp": (".parquet",)}
+SHARD_SUFFIXES = {
+    "webdataset": (".tar",),
+    "img2dataset": (".tar",),
+    "parquet": (".parquet",),
+    "datacomp": (".parquet",),
+}
 
 
 class InputError(ValueError):

@@ -53,6 +53,22 @@ def split_member_name(name: str) -> tuple[str, str]:
     return key, ext.lower() if dot else ""
 
 
+def _missing_end_marker(path: str) -> str | None:
+    """Python's tarfile ends quietly when data stops at a header boundary; a whole tar ends
+    with two zero blocks, so look for them to tell a complete tar from a cut one."""
+    try:
+        with fsspec.open(path, "rb") as f:
+            size = f.seek(0, 2)
+            if size % 512:
+                return f"tar size {size} is not a multiple of 512 bytes"
+            f.seek(max(0, size - 1024))
+            if f.read(1024).strip(b"\0"):
+                return "tar has no end-of-archive marker"
+    except (OSError, ValueError) as exc:  # unseekable streams cannot be checked
+        logger.debug("%s: end marker not checked: %s", path, exc)
+    return None
+
+
 def iter_tar(path: str) -> TarContents:
     samples: list[TarSample] = []
     by_key: dict[str, TarSample] = {}
@@ -72,12 +88,16 @@ def iter_tar(path: str) -> TarContents:
                     samples.append(sample)
                 sample.members[ext] = data
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-        error = f"tar unreadable after {len(samples)} samples: {type(exc).__name__}: {exc}"
-        logger.warning("%s: %s", path, error)
+        error = f"{type(exc).__name__}: {exc}"
+    if error is None:
+        error = _missing_end_marker(path)
+    if error is not None:
         # The sample being read when the tar broke may be missing members; drop it so that a
         # half-read sample is never passed on as if it were whole.
         if samples:
             by_key.pop(samples.pop().key, None)
+        error = f"tar unreadable after {len(samples)} whole samples: {error}"
+        logger.warning("%s: %s", path, error)
     return TarContents(samples, error)
 
 
@@ -134,9 +154,7 @@ def _finish_row(row: dict, extra: dict, ref: ShardRef) -> dict:
         status = STATUS_FAILED_READ
         row["error_message"] = row.get("error_message") or "sample has no image member"
     row["status"] = status
-    row["uid"] = normalize_uid(meta.pop("uid", None)) or derive_uid(
-        row.get("url"), row.get("caption"), row.get("sha256")
-    )
+    row["uid"] = normalize_uid(row.get("uid")) or derive_uid(row.get("url"), row.get("caption"), row.get("sha256"))
     row["source"] = ref.path
     row["shard_index"] = ref.index
     row["meta"] = json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str) if meta else None
@@ -173,8 +191,7 @@ def read_tar_shard(ref: ShardRef) -> pa.Table:
             rows.append(
                 _finish_row(
                     {"key": f"__truncated_{len(contents.samples)}__", "meta": {}},
-                    {"status": STATUS_FAILED_READ, "error_message": contents.error,
-                     "url": f"{ref.path}#truncated"},
+                    {"status": STATUS_FAILED_READ, "error_message": contents.error, "url": f"{ref.path}#truncated"},
                     ref,
                 )
             )

@@ -1,0 +1,57 @@
+"""Shared fixtures: one Ray session for the whole test run, one small synthetic pool."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray shared by every test; subprocess runs join it through ``address``."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def small_pool(tmp_path_factory) -> Path:
+    """1200 samples in 4 shards of img2dataset output, faults at rates high enough to count."""
+    from curate.synth import FaultRates, make_pool
+
+    out = tmp_path_factory.mktemp("pool")
+    faults = FaultRates(
+        swapped_caption=0.04,
+        non_english=0.05,
+        too_short=0.04,
+        empty_caption=0.03,
+        tiny_image=0.04,
+        extreme_aspect=0.04,
+        near_duplicate=0.04,
+        corrupt_image=0.04,
+        failed_download=0.04,
+    )
+    make_pool(str(out), samples=1200, shard_size=300, seed=7, faults=faults, workers=2)
+    return out
+
+
+def pool_pattern(pool: Path) -> str:
+    """The brace pattern a user would type for a pool's shards."""
+    tars = sorted(p.name for p in pool.glob("*.tar"))
+    return f"{pool}/{{{tars[0][:-4]}..{tars[-1][:-4]}}}.tar"
+
+
+@pytest.fixture(scope="session")
+def small_pool_pattern(small_pool) -> str:
+    return pool_pattern(small_pool)

@@ -1,0 +1,83 @@
+"""StepRunner: failed rows bypass steps, a raising row fails alone, decisions fold in order."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+from pydantic import BaseModel
+
+from curate.registry import register_step
+from curate.steps import StepRunner
+from schemas.tables import rows_to_sample_table
+
+
+class _Params(BaseModel):
+    bad_caption: str = "boom"
+
+
+@register_step("_test_fragile", params=_Params)
+class _FragileStep:
+    """Raises on one caption; drops captions starting with 'drop'."""
+
+    def __init__(self, params: _Params):
+        self.params = params
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        captions = batch["caption"].to_pylist()
+        if self.params.bad_caption in captions:
+            raise ValueError("cannot handle this caption")
+        keep = [not c.startswith("drop") for c in captions]
+        batch = batch.append_column("caption_len", pa.array([len(c) for c in captions], pa.int32()))
+        batch = batch.append_column("step_keep", pa.array(keep))
+        return batch.append_column("step_drop_reason", pa.array([None if k else "starts_with_drop" for k in keep]))
+
+
+def _table(captions, statuses=None):
+    statuses = statuses or ["success"] * len(captions)
+    rows = [
+        {
+            "uid": f"{i:032x}",
+            "shard_index": 0,
+            "row_in_shard": i,
+            "shard_rows": len(captions),
+            "caption": c,
+            "status": s,
+        }
+        for i, (c, s) in enumerate(zip(captions, statuses, strict=True))
+    ]
+    return rows_to_sample_table(rows)
+
+
+def test_failed_rows_bypass_the_step_and_keep_their_place():
+    table = _table(["a cat", "drop me", "a dog"], ["success", "success", "failed_to_download"])
+    out = StepRunner("_test_fragile", "fragile", {})(table)
+    assert out["row_in_shard"].to_pylist() == [0, 1, 2]
+    assert out["caption_len"].to_pylist() == [5, 7, None]
+    assert out["keep"].to_pylist() == [True, False, False]
+    assert out["drop_reason"].to_pylist() == [None, "fragile:starts_with_drop", "read:failed_to_download"]
+    assert [d["step"] for d in out["decisions"][2].as_py()] == ["read"]
+    assert "step_keep" not in out.column_names
+
+
+def test_a_raising_row_fails_alone_with_its_message():
+    table = _table(["a cat", "boom", "drop it"])
+    out = StepRunner("_test_fragile", "fragile", {})(table)
+    assert out["status"].to_pylist() == ["success", "failed_in_fragile", "success"]
+    assert "cannot handle" in out["error_message"][1].as_py()
+    assert out["keep"].to_pylist() == [True, False, False]
+    decisions = out["decisions"].to_pylist()
+    assert decisions[1] == [{"step": "fragile", "keep": False, "drop_reason": "failed_in_fragile"}]
+    assert decisions[2] == [{"step": "fragile", "keep": False, "drop_reason": "starts_with_drop"}]
+
+
+def test_first_drop_reason_wins_and_decisions_accumulate():
+    table = _table(["drop one", "fine caption"])
+    once = StepRunner("_test_fragile", "first", {})(table)
+    twice = StepRunner("_test_fragile", "second", {})(once.drop_columns(["caption_len"]))
+    assert twice["drop_reason"].to_pylist() == ["first:starts_with_drop", None]
+    assert [d["step"] for d in twice["decisions"][0].as_py()] == ["first", "second"]
+
+
+def test_empty_batch_keeps_schema():
+    table = _table(["x"], ["failed_to_download"])
+    out = StepRunner("_test_fragile", "fragile", {})(table)
+    assert out.num_rows == 1 and "caption_len" in out.column_names
