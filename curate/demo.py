@@ -36,4 +36,5 @@ def run_demo(
         f'  duckdb {run}/catalog.duckdb "select caption, lang, min_side from kept limit 5"\n'
         f"  python -c \"import webdataset as wds; print(next(iter(wds.WebDataset('{run}/shards/00000000.tar'))))\"",
         highlight=False,
+        soft_wrap=True,
     )

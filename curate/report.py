@@ -1,4 +1,4 @@
-"""The end-of-run summary: per-step counters and where the outputs are."""
+"""The end-of-run summary: per-step counters, drop and failure reasons, where the outputs are."""
 
 from __future__ import annotations
 
@@ -6,35 +6,38 @@ from rich.console import Console
 from rich.table import Table
 
 
-def _reasons(counts: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "-"
+def _step_counters(stats: dict, step_id: str) -> dict:
+    return stats["steps"].get(step_id, {"in": 0, "kept": 0, "dropped": {}, "failed": {}})
 
 
 def print_summary(console: Console, result) -> None:
     stats, run = result.stats, result.run_dir
-    table = Table(title=f"curate run: {stats.get('recipe')}", show_lines=False)
-    for col in ("step", "in", "kept", "dropped", "failed", "dropped by reason", "failed by reason"):
-        table.add_column(col, justify="right" if col in ("in", "kept", "dropped", "failed") else "left")
+    steps = Table(title=f"curate run: {stats.get('recipe')}")
+    for col in ("step", "in", "kept", "dropped", "failed"):
+        steps.add_column(col, justify="left" if col == "step" else "right")
+    reasons = Table(title="why samples were dropped or failed")
+    for col in ("step", "reason", "samples"):
+        reasons.add_column(col, justify="right" if col == "samples" else "left")
+    read_failures = {k: v for k, v in stats["status"].items() if k in ("failed_to_download", "failed_to_resize")}
+    for status, count in read_failures.items():
+        reasons.add_row("read", status, str(count))
     for step_id in stats.get("steps_order", []):
-        c = stats["steps"].get(step_id, {"in": 0, "kept": 0, "dropped": {}, "failed": {}})
-        table.add_row(
-            step_id,
-            str(c["in"]),
-            str(c["kept"]),
-            str(sum(c["dropped"].values())),
-            str(sum(c["failed"].values())),
-            _reasons(c["dropped"]),
-            _reasons(c["failed"]),
+        c = _step_counters(stats, step_id)
+        steps.add_row(
+            step_id, str(c["in"]), str(c["kept"]), str(sum(c["dropped"].values())), str(sum(c["failed"].values()))
         )
-    console.print(table)
+        for reason, count in sorted({**c["failed"], **c["dropped"]}.items(), key=lambda kv: -kv[1]):
+            reasons.add_row(step_id, reason, str(count))
+    console.print(steps)
+    console.print(reasons)
     resumed = f" (resumed; {result.shards_done_before} shards were already done)" if result.resumed else ""
+    last = max(stats["shards"] - 1, 0)
     console.print(
         f"{stats['rows']} samples in, {stats['written']} written to {stats['shards']} shards "
         f"in {result.seconds:.1f}s{resumed}\n"
-        f"  final statuses: {_reasons(stats['status'])}\n"
-        f"  shards:  {run.shards}/{{{0:08d}..{max(stats['shards'] - 1, 0):08d}}}.tar  (sizes.json beside them)\n"
-        f'  catalog: {run.catalog}   e.g. curate query {run.root} "select step, drop_reason, count(*) '
-        f'from decisions group by all"\n'
+        f"  shards:  {run.shards}/{{{0:08d}..{last:08d}}}.tar  (sizes.json beside them)\n"
+        f"  catalog: {run.catalog}  (views: samples, decisions, kept, shards, steps)\n"
         f"  stats:   {run.stats}",
         highlight=False,
+        soft_wrap=True,
     )

@@ -1,0 +1,196 @@
+"""Read a DataComp metadata shard: ``X.parquet`` plus the row-aligned ``X.npz`` of embeddings.
+
+Rows are metadata, not images: ``image`` and ``image_ext`` are null and ``status`` is
+``success``. The caption is ``text`` (or ``caption``). Besides ``SAMPLE_SCHEMA`` the table has:
+
+- every floating-point column of the parquet (``clip_b32_similarity_score``,
+  ``clip_l14_similarity_score``, ...) as a ``float32`` column under its own name;
+- every array of the npz under its own name (``b32_img``, ``l14_txt``, ...): a 2-D ``(N, D)``
+  array becomes a ``fixed_size_list<float32>[D]`` column (``float16`` when the npz stores
+  ``float16``, which halves memory; any other numeric dtype is cast to ``float32``), a 1-D
+  array a plain column (``float32``/``float16``, integers keep their type). A name that
+  clashes with another column gets the prefix ``npz_``.
+
+Other parquet columns (``face_bboxes`` ...) go to ``meta`` as JSON. The npz is validated
+before any array is read (row counts come from the ``.npy`` headers); arrays stored
+uncompressed in a local npz (``np.savez``) are memory-mapped, others are read one at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+from fsspec.implementations.local import LocalFileSystem
+
+from curate.readers.base import InputError, ShardRef
+from curate.readers.parquet_reader import (
+    CAPTION_COLUMNS,
+    INT_COLUMNS,
+    TAKEN_COLUMNS,
+    as_int,
+    finish_uid,
+    is_binary_type,
+    meta_json,
+    read_parquet_table,
+)
+from schemas.tables import SAMPLE_COLUMNS, STATUS_SUCCESS, rows_to_sample_table
+
+logger = logging.getLogger(__name__)
+
+_LOCAL_HEADER_SIZE = 30  # fixed part of a zip local file header
+
+
+@dataclass(frozen=True)
+class NpzMember:
+    name: str  # the array's name (member name without ``.npy``)
+    member: str  # the member's name in the zip
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran_order: bool
+    data_offset: int | None  # where the raw data starts in the npz file, if stored uncompressed
+
+
+def _read_header(fp: Any) -> tuple[tuple[int, ...], bool, np.dtype] | None:
+    version = np.lib.format.read_magic(fp)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(fp)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(fp)
+    return None
+
+
+def index_npz(path: str) -> list[NpzMember] | None:
+    """The arrays of an npz with shapes and dtypes, read from headers only; None if missing."""
+    fs, fs_path = fsspec.core.url_to_fs(path)
+    if not fs.exists(fs_path):
+        return None
+    members: list[NpzMember] = []
+    try:
+        with fs.open(fs_path, "rb") as f, zipfile.ZipFile(f) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as m:
+                    header = _read_header(m)
+                    header_len = m.tell()
+                if header is None:  # a .npy format version this reader does not parse: load to see
+                    with zf.open(info) as m:
+                        arr = np.lib.format.read_array(m)
+                    header = (arr.shape, False, arr.dtype)
+                    header_len = None
+                data_offset = None
+                if info.compress_type == zipfile.ZIP_STORED and header_len is not None:
+                    f.seek(info.header_offset + 26)
+                    name_len, extra_len = np.frombuffer(f.read(4), dtype="<u2")
+                    data_offset = info.header_offset + _LOCAL_HEADER_SIZE + int(name_len) + int(extra_len)
+                    data_offset += header_len
+                shape, fortran, dtype = header
+                members.append(
+                    NpzMember(
+                        info.filename[:-4], info.filename, tuple(shape), np.dtype(dtype), bool(fortran), data_offset
+                    )
+                )
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise InputError(f"input.path: {path!r} is not a readable .npz: {exc}") from exc
+    return members
+
+
+def load_npz_array(path: str, member: NpzMember) -> np.ndarray:
+    """One array of the npz: memory-mapped when local and uncompressed, else read from the zip."""
+    fs, fs_path = fsspec.core.url_to_fs(path)
+    if isinstance(fs, LocalFileSystem) and member.data_offset is not None and not member.dtype.hasobject:
+        return np.memmap(
+            fs_path,
+            dtype=member.dtype,
+            mode="r",
+            offset=member.data_offset,
+            shape=member.shape,
+            order="F" if member.fortran_order else "C",
+        )
+    with fs.open(fs_path, "rb") as f, zipfile.ZipFile(f) as zf, zf.open(member.member) as m:
+        return np.lib.format.read_array(m)
+
+
+def embedding_array(arr: np.ndarray) -> pa.Array:
+    """``(N, D)`` -> fixed_size_list<float32|float16>[D]; ``(N,)`` -> a plain column."""
+    if arr.dtype == np.float16:
+        target = np.dtype(np.float16)
+    elif arr.ndim == 1 and np.issubdtype(arr.dtype, np.integer):
+        target = arr.dtype
+    else:
+        target = np.dtype(np.float32)
+    if arr.ndim == 1:
+        return pa.array(np.array(arr, dtype=target, copy=True))
+    n = arr.shape[0]
+    flat = np.array(arr.reshape(n, -1), dtype=target, order="C", copy=True)
+    width = flat.shape[1]
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), width)
+
+
+def _checked_npz(npz_path: str, parquet_path: str, rows: int) -> list[NpzMember]:
+    members = index_npz(npz_path)
+    if members is None:
+        raise InputError(f"input.path: DataComp shard {parquet_path!r} has no embeddings file {npz_path!r}")
+    for m in members:
+        if not m.shape or m.shape[0] != rows:
+            raise InputError(
+                f"input.path: {npz_path!r} array {m.name!r} has shape {m.shape} but {parquet_path!r} has "
+                f"{rows} rows; the two files of a DataComp shard must be row-aligned"
+            )
+    return members
+
+
+def _npz_columns(npz_path: str, members: list[NpzMember], taken: set[str]) -> dict[str, pa.Array]:
+    columns: dict[str, pa.Array] = {}
+    for m in members:
+        if not np.issubdtype(m.dtype, np.number) or np.issubdtype(m.dtype, np.complexfloating):
+            logger.warning("%s: array %r has dtype %s, not numeric; skipped", npz_path, m.name, m.dtype)
+            continue
+        name = m.name if m.name not in taken and m.name not in columns else f"npz_{m.name}"
+        columns[name] = embedding_array(load_npz_array(npz_path, m))
+    return columns
+
+
+def read_datacomp_shard(ref: ShardRef) -> pa.Table:
+    table = read_parquet_table(ref.path)
+    n = table.num_rows
+    npz_path = ref.path.rsplit(".", 1)[0] + ".npz"
+    members = _checked_npz(npz_path, ref.path, n)  # before any work: a misaligned shard fails fast
+    names = table.column_names
+    caption_col = next((c for c in CAPTION_COLUMNS if c in names), None)
+    score_cols = [
+        f.name
+        for f in table.schema
+        if pa.types.is_floating(f.type) and f.name not in SAMPLE_COLUMNS and f.name != caption_col
+    ]
+    consumed = {caption_col, "uid", *TAKEN_COLUMNS, *score_cols}
+    meta_cols = [f.name for f in table.schema if f.name not in consumed and not is_binary_type(f.type)]
+    wanted = consumed.union(meta_cols)
+    columns = {name: table.column(name).to_pylist() for name in names if name in wanted}
+    rows: list[dict[str, Any]] = []
+    for i in range(n):
+        meta = {name: columns[name][i] for name in meta_cols if columns[name][i] is not None}
+        row: dict[str, Any] = {name: columns[name][i] for name in TAKEN_COLUMNS if name in columns}
+        caption = None if caption_col is None else columns[caption_col][i]
+        row["caption"] = None if caption is None else str(caption)
+        if row.get("key") is not None:
+            row["key"] = str(row["key"])
+        for name in INT_COLUMNS:
+            row[name] = as_int(row.get(name))
+        row.update(image=None, image_ext=None, status=row.get("status") or STATUS_SUCCESS)
+        finish_uid(row, columns["uid"][i] if "uid" in columns else None, meta)
+        row.update(source=ref.path, shard_index=ref.index, row_in_shard=i, shard_rows=n, meta=meta_json(meta))
+        rows.append(row)
+    out = rows_to_sample_table(rows)
+    for name in score_cols:
+        out = out.append_column(pa.field(name, pa.float32()), table.column(name).cast(pa.float32()))
+    for name, array in _npz_columns(npz_path, members, set(out.column_names)).items():
+        out = out.append_column(name, array)
+    logger.debug("%s: %d rows, extra columns %s", ref.path, n, out.column_names[len(SAMPLE_COLUMNS) :])
+    return out

@@ -1,0 +1,258 @@
+"""download_url_pool against a local HTTP server: successes, failures, and incremental re-runs."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import json
+import os
+import tarfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import braceexpand
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from curate.readers.base import InputError, list_shards, read_shard
+from curate.readers.url_pool import download_kwargs, download_url_pool, shard_pattern
+from schemas.tables import SAMPLE_COLUMNS
+
+N_ROWS = 30
+PER_SHARD = 10
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    requests: list[str] = []  # replaced per server
+    lock = threading.Lock()
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        with self.lock:
+            self.requests.append(self.path)
+        super().do_GET()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - signature of the base
+        pass
+
+
+@pytest.fixture()
+def server(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
+    root = tmp_path / "www"
+    root.mkdir()
+    requests: list[str] = []
+    handler = type("Handler", (_Handler,), {"requests": requests})
+
+    def factory(*args: object, **kwargs: object) -> http.server.BaseHTTPRequestHandler:
+        return handler(*args, directory=str(root), **kwargs)  # type: ignore[arg-type]
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), factory)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", root, requests
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+def _jpeg(i: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16 + i, 12 + i), (i * 8 % 256, 100, 200)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _png(i: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 10), (i, 0, 0)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _make_pool(base_url: str, root: Path, tmp_path: Path) -> tuple[Path, dict[str, dict]]:
+    """30 rows: 26 JPEGs, 1 PNG, 2 missing (404), 1 not an image. Returns the pool and rows by uid."""
+    expected: dict[str, dict] = {}
+    rows = []
+    for i in range(N_ROWS):
+        uid = f"{i:032x}"
+        if i in (5, 17):
+            name, kind, data = f"missing_{i}.jpg", "404", None
+        elif i == 11:
+            name, kind, data = "junk.jpg", "junk", b"this is not an image, just text\n" * 4
+        elif i == 23:
+            name, kind, data = f"img_{i}.png", "png", _png(i)
+        else:
+            name, kind, data = f"img_{i}.jpg", "jpg", _jpeg(i)
+        if data is not None:
+            (root / name).write_bytes(data)
+        url = f"{base_url}/{name}"
+        rows.append({"url": url, "caption": f"caption {i}", "uid": uid, "lang": "en"})
+        expected[uid] = {
+            "i": i,
+            "kind": kind,
+            "url": url,
+            "path": f"/{name}",
+            "sha256": hashlib.sha256(data).hexdigest() if data else None,
+        }
+    pool = tmp_path / "pool.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), pool)
+    return pool, expected
+
+
+def _tar_samples(path: str) -> dict[str, dict[str, bytes]]:
+    samples: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tar:
+        for info in tar:
+            key, _, ext = info.name.partition(".")
+            samples.setdefault(key, {})[ext] = tar.extractfile(info).read()
+    return samples
+
+
+def _snapshot(out: Path) -> dict[str, float]:
+    return {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()}
+
+
+def test_download_url_pool_end_to_end(server: tuple[str, Path, list[str]], tmp_path: Path) -> None:
+    base_url, root, requests = server
+    pool, expected = _make_pool(base_url, root, tmp_path)
+    out = tmp_path / "download"
+
+    pattern = download_url_pool(
+        str(pool), str(out), processes=1, threads=4, timeout=5, samples_per_shard=PER_SHARD, extra_columns=["lang"]
+    )
+    assert pattern == f"{out}/{{00000..00002}}.tar"
+    tars = list(braceexpand.braceexpand(pattern))
+    assert [os.path.basename(t) for t in tars] == ["00000.tar", "00001.tar", "00002.tar"]
+    assert sorted(requests) == sorted(e["path"] for e in expected.values())
+
+    listed = pa.concat_tables([pq.read_table(t[:-4] + ".parquet") for t in tars]).to_pylist()
+    by_uid = {r["uid"]: r for r in listed}
+    assert len(listed) == N_ROWS and set(by_uid) == set(expected)
+    in_tar: dict[str, dict[str, bytes]] = {}
+    for t in tars:
+        in_tar.update(_tar_samples(t))
+    for uid, e in expected.items():
+        rec = by_uid[uid]
+        assert rec["url"] == e["url"] and rec["caption"] == f"caption {e['i']}" and rec["lang"] == "en"
+        # Keys are shard_id * 10**ceil(log10(per_shard)) + row, 5 + 1 digits here.
+        assert len(rec["key"]) == 6 and rec["key"][:5] == f"{e['i'] // PER_SHARD:05d}"
+        if e["kind"] == "404":
+            assert rec["status"] == "failed_to_download" and "404" in rec["error_message"]
+            assert rec["key"] not in in_tar
+        elif e["kind"] == "junk":
+            # img2dataset names a decode failure failed_to_resize.
+            assert rec["status"] == "failed_to_resize" and rec["error_message"]
+            assert rec["key"] not in in_tar
+        else:
+            assert rec["status"] == "success" and rec["error_message"] is None
+            assert rec["sha256"] == e["sha256"]  # hash of the bytes as served
+            sample = in_tar[rec["key"]]
+            assert set(sample) == {"jpg", "txt", "json"}
+            assert sample["txt"].decode() == f"caption {e['i']}"
+            assert json.loads(sample["json"])["uid"] == uid
+            if e["kind"] == "jpg":  # a JFIF JPEG is stored byte for byte
+                assert hashlib.sha256(sample["jpg"]).hexdigest() == e["sha256"]
+            else:  # anything else is re-encoded to JPEG
+                assert sample["jpg"][:3] == b"\xff\xd8\xff"
+    stats = [json.loads((out / f"0000{i}_stats.json").read_text()) for i in range(3)]
+    assert sum(s["successes"] for s in stats) == 27
+    assert sum(s["failed_to_download"] for s in stats) == 2 and sum(s["failed_to_resize"] for s in stats) == 1
+
+    # Second run: everything is done, nothing is fetched or rewritten.
+    before = _snapshot(out)
+    requests.clear()
+    assert (
+        download_url_pool(str(pool), str(out), threads=4, samples_per_shard=PER_SHARD, extra_columns=["lang"])
+        == pattern
+    )
+    assert requests == [] and _snapshot(out) == before
+
+    # A shard killed before it finished has no stats file: img2dataset's incremental mode
+    # downloads only that shard again and leaves the finished ones alone.
+    (out / "00001_stats.json").unlink()
+    (out / "00001.tar").write_bytes(b"partial")
+    requests.clear()
+    assert (
+        download_url_pool(str(pool), str(out), threads=4, samples_per_shard=PER_SHARD, extra_columns=["lang"])
+        == pattern
+    )
+    assert sorted(requests) == sorted(e["path"] for e in expected.values() if e["i"] // PER_SHARD == 1)
+    assert len(_tar_samples(str(out / "00001.tar"))) == sum(
+        1 for e in expected.values() if e["i"] // PER_SHARD == 1 and e["kind"] in ("jpg", "png")
+    )
+    assert len(list(out.glob("*.tar"))) == 3
+    after = _snapshot(out)
+    assert {k: v for k, v in after.items() if not k.startswith("00001")} == {
+        k: v for k, v in before.items() if not k.startswith("00001")
+    }
+
+    # The project's tar reader reads the result: one row per pool row, carrying the pool's uids.
+    table = pa.concat_tables(read_shard(ref) for ref in list_shards(pattern))
+    assert table.column_names[: len(SAMPLE_COLUMNS)] == SAMPLE_COLUMNS
+    assert table.num_rows == N_ROWS
+    assert table.column("status").to_pylist().count("success") == 27
+    assert sorted(table.column("uid").to_pylist()) == sorted(expected)
+
+
+def test_pool_validation_errors(tmp_path: Path) -> None:
+    pool = tmp_path / "pool.parquet"
+    pq.write_table(pa.table({"link": ["http://127.0.0.1:9/a.jpg"], "caption": ["a"], "status": ["x"]}), pool)
+    with pytest.raises(InputError, match="no url column 'url'"):
+        download_url_pool(str(pool), str(tmp_path / "o"))
+    with pytest.raises(InputError, match="written by img2dataset"):
+        download_url_pool(str(pool), str(tmp_path / "o"), url_col="link", extra_columns=["status"])
+    with pytest.raises(InputError, match="not in url pool"):
+        download_url_pool(str(pool), str(tmp_path / "o"), url_col="link", extra_columns=["nope"])
+    with pytest.raises(InputError, match="must end with"):
+        download_url_pool(str(tmp_path / "pool.txt"), str(tmp_path / "o"))
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "sizes.json").write_text("{}")
+    with pytest.raises(InputError, match="folder of its own"):
+        download_url_pool(str(pool), str(out), url_col="link")
+
+
+def test_shard_pattern_forms() -> None:
+    assert shard_pattern("s3://b/d/", ["00000"]) == "s3://b/d/00000.tar"
+    assert shard_pattern("d", ["00003", "00004"]) == "d/{00003..00004}.tar"
+    assert shard_pattern("d", ["00000", "00002"]) == "d/{00000,00002}.tar"
+    expanded = list(braceexpand.braceexpand(shard_pattern("d", ["00009", "00010"])))
+    assert expanded == ["d/00009.tar", "d/00010.tar"]
+
+
+def test_kwargs_for_csv_pool_without_uid_or_caption(tmp_path: Path) -> None:
+    pool = tmp_path / "pool.csv"
+    pool.write_text("link,other\nhttp://127.0.0.1:1/0.jpg,0\n")
+    kwargs, rows = download_kwargs(str(pool), str(tmp_path / "o"), url_col="link", samples_per_shard=7)
+    assert rows is None  # only known cheaply for Parquet
+    assert kwargs["input_format"] == "csv" and kwargs["url_col"] == "link"
+    assert kwargs["caption_col"] is None and kwargs["save_additional_columns"] is None
+    assert kwargs["number_sample_per_shard"] == 7 and kwargs["incremental_mode"] == "incremental"
+    assert kwargs["output_format"] == "webdataset" and kwargs["resize_mode"] == "no" and kwargs["skip_reencode"]
+    assert json.loads(json.dumps(kwargs)) == kwargs  # passed to the child as JSON
+    pq.write_table(pa.table({"url": ["u"], "uid": ["a" * 32], "x": [1]}), tmp_path / "p.parquet")
+    kwargs, rows = download_kwargs(str(tmp_path / "p.parquet"), "o", extra_columns=["x", "uid"])
+    assert rows == 1 and kwargs["save_additional_columns"] == ["uid", "x"] and kwargs["caption_col"] is None
+
+
+def test_url_pool_recipe_runs_end_to_end(server: tuple[str, Path, list[str]], tmp_path: Path, ray_session) -> None:
+    """`input.format: urls`: the runner downloads into RUN/_download, then curates the shards."""
+    from curate.config import load_recipe
+    from curate.runner import run_recipe
+
+    base_url, root, _ = server
+    pool, _ = _make_pool(base_url, root, tmp_path)
+    recipe = load_recipe(
+        "basic",
+        ["input.format=urls", "input.samples_per_shard=10", "input.download_threads=4"],
+        input_path=str(pool),
+        output_path=str(tmp_path / "run"),
+    )
+    result = run_recipe(recipe)
+    assert result.stats["rows"] == 30
+    assert result.stats["status"].get("failed_to_download") == 2
+    assert (tmp_path / "run" / "_download" / "00000.tar").exists()
+    assert sum(json.loads((tmp_path / "run" / "shards" / "sizes.json").read_text()).values()) == result.stats["written"]
