@@ -24,7 +24,11 @@ VIEWS = {
     "kept": "SELECT * FROM samples WHERE keep",
     "shards": "SELECT * FROM read_parquet('{root}/shards.parquet')",
     "steps": "SELECT * FROM read_parquet('{root}/steps.parquet')",
+    # Bucketed runs (output.layout: buckets): one row per chunk, with its bucket and provenance.
+    "chunks": "SELECT * FROM read_parquet('{root}/D_*/*.parquet', filename = true)",
 }
+# Views over files that only some runs write.
+OPTIONAL_VIEWS = {"chunks": "D_*/*.parquet"}
 
 
 def _sql_path(path: Path) -> str:
@@ -39,6 +43,8 @@ def build_catalog(run_root: str | os.PathLike) -> Path:
     con = duckdb.connect(str(tmp))
     try:
         for name, sql in VIEWS.items():
+            if name in OPTIONAL_VIEWS and not any(root.glob(OPTIONAL_VIEWS[name])):
+                continue
             con.execute(f"CREATE VIEW {name} AS {sql.format(root=_sql_path(root))}")
     finally:
         con.close()

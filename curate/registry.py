@@ -16,6 +16,8 @@ from pydantic import BaseModel
 _BUILTIN_MODULES = (
     "filters.image_check",
     "filters.basic",
+    "curate.pack.tokenize",
+    "curate.pack.decompose_step",
 )
 
 

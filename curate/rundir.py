@@ -36,7 +36,7 @@ def recipe_fingerprint(recipe: Recipe, shard_paths: list[str]) -> str:
         "input": recipe.input.model_dump(exclude={"path"}),
         "shards": shard_paths,
         "steps": [s.model_dump() for s in recipe.steps],
-        "caption_field": recipe.output.caption_field,
+        "output": recipe.output.model_dump(exclude={"path"}),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -54,6 +54,7 @@ class RunDir:
         self.done = self.root / "_done"
         self.tmp = self.root / "_tmp"
         self.download = self.root / "_download"
+        self.chunks = self.root / "_chunks"  # per input shard: its chunks, before bucket sharding
         self.catalog = self.root / "catalog.duckdb"
         self.stats = self.root / "stats.json"
 
@@ -98,7 +99,7 @@ class RunDir:
             )
         elif overwrite:
             self._wipe()
-        for d in (self.shards, self.done, self.tmp):
+        for d in (self.shards, self.done, self.tmp, self.chunks):
             d.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.root / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
         # run.json last: its presence says the folder is initialised for this fingerprint.
@@ -116,9 +117,9 @@ class RunDir:
 
     def _clear_tmp(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
-        for d in (self.shards, self.done, self.tmp):
+        for d in (self.shards, self.done, self.tmp, self.chunks):
             d.mkdir(parents=True, exist_ok=True)
-        for stale in self.shards.glob(".*.tmp"):
+        for stale in [*self.shards.glob(".*.tmp"), *self.chunks.glob(".*.tmp")]:
             stale.unlink()
 
     def marker(self, shard_index: int) -> Path:

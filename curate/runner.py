@@ -128,9 +128,7 @@ def _execute(recipe: Recipe, run: RunDir, pending: list[ShardRef]) -> None:
         parts[index].append(summary["part"])
         crash_point("part_tallied")
         if arrived[index] == int(summary["shard_rows"]):
-            counters = finalize_shard(
-                run, index, parts.pop(index), arrived[index], recipe.output.caption_field, step_ids
-            )
+            counters = finalize_shard(run, index, parts.pop(index), arrived[index], recipe.output, step_ids)
             logger.info(
                 "shard %s done: %d of %d rows written", counters["shard"], counters["written"], counters["rows"]
             )
@@ -144,8 +142,13 @@ def _write_summary(recipe: Recipe, run: RunDir, shards: list[ShardRef]) -> dict:
     stats = merge_counters(markers)
     stats["recipe"] = recipe.name
     stats["steps_order"] = [s.step_id for s in recipe.steps]
-    sizes = {m["shard"]: m["written"] for m in sorted(markers, key=lambda m: m["shard_index"])}
-    atomic_write_text(run.shards / "sizes.json", json.dumps(sizes, indent=2))
+    if recipe.output.layout == "buckets":
+        from curate.pack.buckets import write_buckets
+
+        stats["buckets"] = {b["k"]: b["sequences"] for b in write_buckets(run, recipe)["buckets"]}
+    else:
+        sizes = {m["shard"]: m["written"] for m in sorted(markers, key=lambda m: m["shard_index"])}
+        atomic_write_text(run.shards / "sizes.json", json.dumps(sizes, indent=2))
     shard_rows = [
         {
             "shard": m["shard"],

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from curate.crashpoints import crash_point
 from curate.rundir import RunDir, atomic_write_text
 from curate.stats import shard_counters
+from schemas.recipe import OutputSpec
 from schemas.tables import HEAVY_COLUMNS, RUNNER_COLUMNS
 
 PART_SUMMARY_SCHEMA = pa.schema(
@@ -88,8 +89,7 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _write_tar(path: Path, rows: pa.Table, caption_field: str) -> int:
-    written = 0
+def _write_tar(path: Path, rows: pa.Table, caption_field: str) -> None:
     with open(path, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for row in rows.to_pylist():
             key = row["output_key"]
@@ -98,10 +98,8 @@ def _write_tar(path: Path, rows: pa.Table, caption_field: str) -> int:
             _add_member(tar, f"{key}.txt", ("" if caption is None else str(caption)).encode("utf-8"))
             sample_json = _json_ready({k: v for k, v in row.items() if k not in HEAVY_COLUMNS + RUNNER_COLUMNS})
             _add_member(tar, f"{key}.json", json.dumps(sample_json, ensure_ascii=False, default=str).encode())
-            written += 1
         f.flush()
         os.fsync(f.fileno())
-    return written
 
 
 def assemble_shard(part_paths: list[str], expected_rows: int) -> pa.Table:
@@ -117,8 +115,9 @@ def assemble_shard(part_paths: list[str], expected_rows: int) -> pa.Table:
 
 
 def finalize_shard(
-    run: RunDir, shard_index: int, part_paths: list[str], expected_rows: int, caption_field: str, step_ids: list[str]
+    run: RunDir, shard_index: int, part_paths: list[str], expected_rows: int, output: OutputSpec, step_ids: list[str]
 ) -> dict:
+    """Write one whole shard: its files under temporary names, renamed, then its done-marker."""
     table = assemble_shard(part_paths, expected_rows)
     name = shard_name(shard_index)
     keep = table["keep"].to_pylist()
@@ -130,23 +129,33 @@ def finalize_shard(
     table = table.append_column("shard", pa.array([f"{name}.tar"] * table.num_rows, pa.string()))
     kept = table.filter(pc.field("keep"))
 
-    final = {ext: run.shards / f"{name}{ext}" for ext in (".tar", ".parquet", "_stats.json")}
+    final = {".parquet": run.shards / f"{name}.parquet", "_stats.json": run.shards / f"{name}_stats.json"}
+    if output.layout == "buckets":
+        final["chunks"] = run.chunks / f"{name}.parquet"
+    else:
+        final[".tar"] = run.shards / f"{name}.tar"
     tmp = {ext: p.with_name(f".{p.name}.tmp") for ext, p in final.items()}
-    written = _write_tar(tmp[".tar"], kept, caption_field)
-    pq.write_table(
-        table.drop_columns([c for c in HEAVY_COLUMNS + RUNNER_COLUMNS if c in table.column_names]), tmp[".parquet"]
-    )
+    if output.layout == "buckets":
+        from curate.pack.buckets import write_chunk_file
+
+        write_chunk_file(tmp["chunks"], kept)
+    else:
+        _write_tar(tmp[".tar"], kept, output.caption_field)
+    # The sidecar is metadata: image bytes live in the tar, token ids in the bucket shards.
+    heavy = [c for c in (*HEAVY_COLUMNS, *RUNNER_COLUMNS, "tokens") if c in table.column_names]
+    pq.write_table(table.drop_columns(heavy), tmp[".parquet"])
     counters = {
         "shard": f"{name}.tar",
         "shard_index": shard_index,
         "source": table["source"][0].as_py(),
         **shard_counters(table, step_ids),
     }
+    written = counters["written"]
     tmp["_stats.json"].write_text(
         json.dumps({"successes": written, "count": table.num_rows, "not_written": table.num_rows - written}, indent=2)
     )
     crash_point("shard_files_written")
-    for ext in (".parquet", "_stats.json", ".tar"):
+    for ext in final:
         os.replace(tmp[ext], final[ext])
     crash_point("shard_renamed")
     atomic_write_text(run.marker(shard_index), json.dumps(counters, indent=2))

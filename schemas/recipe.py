@@ -45,6 +45,12 @@ class OutputSpec(StrictModel):
     path: str | None = None
     # The column whose text goes into each sample's ``txt`` member (what training reads).
     caption_field: str = "caption"
+    # samples: one WebDataset shard per input shard. buckets: token chunks in one shard set per
+    # power-of-two length (D_k/), with manifest.json; needs tokenize and decompose steps.
+    layout: Literal["samples", "buckets"] = "samples"
+    tokens_per_shard: PositiveInt = 2**20  # bucket shards hold about this many tokens
+    tokens_per_batch: PositiveInt = 2**14  # the loader's constant tokens per step
+    curriculum: Literal["grow_p2", "uniform"] = "grow_p2"
 
 
 class RaySettings(StrictModel):
@@ -111,4 +117,17 @@ class Recipe(StrictModel):
             if step.step_id in seen:
                 raise ValueError(f"steps.{i}.id: value {step.step_id!r} is used twice; give each step a unique id")
             seen.add(step.step_id)
+        if self.output.layout == "buckets":
+            names = [s.name for s in self.steps]
+            if "tokenize" not in names or "decompose" not in names:
+                raise ValueError(
+                    f"output.layout: value 'buckets' needs a tokenize and a decompose step; the steps are {names}"
+                )
+            decompose = next(s for s in self.steps if s.name == "decompose")
+            longest = 2 ** decompose.params.get("max_k", 8)
+            if self.output.tokens_per_batch < longest:
+                raise ValueError(
+                    f"output.tokens_per_batch: value {self.output.tokens_per_batch} is smaller than the longest "
+                    f"bucket (2**max_k = {longest}); a batch must hold at least one sequence"
+                )
         return self

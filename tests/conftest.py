@@ -55,3 +55,13 @@ def pool_pattern(pool: Path) -> str:
 @pytest.fixture(scope="session")
 def small_pool_pattern(small_pool) -> str:
     return pool_pattern(small_pool)
+
+
+@pytest.fixture(scope="session")
+def basic_run(ray_session, small_pool_pattern, tmp_path_factory):
+    """The basic recipe on the small pool, run once in-process for every test that reads it."""
+    from curate.config import load_recipe
+    from curate.runner import run_recipe
+
+    out = tmp_path_factory.mktemp("run_basic")
+    return run_recipe(load_recipe("basic", input_path=small_pool_pattern, output_path=str(out)))

@@ -8,12 +8,9 @@ import subprocess
 import sys
 from collections import Counter
 
-import pytest
 import webdataset as wds
 
 from curate.catalog import connect
-from curate.config import load_recipe
-from curate.runner import run_recipe
 from curate.synth import load_ground_truth
 
 EXPECTED_REASON = {
@@ -26,13 +23,6 @@ EXPECTED_REASON = {
     "failed_download": "read:failed_to_download",
 }
 CLEAN = ("none", "swapped_caption", "near_duplicate")  # the basic filter must keep these
-
-
-@pytest.fixture(scope="module")
-def basic_run(ray_session, small_pool_pattern, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run_basic")
-    recipe = load_recipe("basic", input_path=small_pool_pattern, output_path=str(out))
-    return run_recipe(recipe)
 
 
 def test_every_fault_gets_its_reason_and_no_clean_sample_is_dropped(basic_run, small_pool):

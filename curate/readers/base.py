@@ -61,13 +61,25 @@ def _exists(path: str) -> bool:
     return fs.exists(p)
 
 
+def _is_curate_sidecar(path: str) -> bool:
+    import pyarrow.parquet as pq
+
+    with fsspec.open(path, "rb") as f:
+        return "output_key" in pq.read_schema(f).names
+
+
 def _sibling(path: str, suffix: str) -> str:
     return path.rsplit(".", 1)[0] + suffix
 
 
 def detect_format(path: str) -> str:
     if path.endswith(".tar"):
-        return "img2dataset" if _exists(_sibling(path, ".parquet")) else "webdataset"
+        sidecar = _sibling(path, ".parquet")
+        if not _exists(sidecar):
+            return "webdataset"
+        # A curate run's own output also has a sidecar, but it lists dropped samples that its tar
+        # does not hold by design: read such tars as plain WebDataset (their json has everything).
+        return "webdataset" if _is_curate_sidecar(sidecar) else "img2dataset"
     if path.endswith(".parquet"):
         if _exists(_sibling(path, ".npz")):
             return "datacomp"

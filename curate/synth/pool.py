@@ -1,0 +1,65 @@
+"""make_pool: a deterministic synthetic pool of shards in img2dataset's webdataset layout."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+from collections import Counter
+from typing import Any
+
+from curate.synth.faults import FaultRates
+from curate.synth.shard import write_shard
+
+
+def _shard_job(args: tuple[str, int, int, int, int, FaultRates]) -> dict[str, Any]:
+    output_dir, shard_id, n, shard_size, seed, rates = args
+    return write_shard(output_dir, shard_id, n, shard_size, seed, rates)
+
+
+def make_pool(
+    output_dir: str,
+    *,
+    samples: int,
+    shard_size: int,
+    seed: int = 0,
+    faults: FaultRates | None = None,
+    workers: int = 1,
+) -> dict[str, Any]:
+    """Write ``ceil(samples / shard_size)`` shards (``00000000.tar/.parquet/_stats.json``, ...).
+
+    Every shard is generated from ``(seed, shard_index)`` alone, so the bytes are identical for the
+    same arguments whatever ``workers`` is. Returns summary counts.
+    """
+    if samples < 0:
+        raise ValueError(f"samples must be >= 0, got {samples}")
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    rates = faults if faults is not None else FaultRates()
+    os.makedirs(output_dir, exist_ok=True)
+    n_shards = math.ceil(samples / shard_size)
+    jobs = [
+        (output_dir, k, min(shard_size, samples - k * shard_size), shard_size, seed, rates) for k in range(n_shards)
+    ]
+    if workers == 1 or n_shards <= 1:
+        results = [_shard_job(j) for j in jobs]
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(min(workers, n_shards)) as pool:
+            results = pool.map(_shard_job, jobs, chunksize=1)
+    faults_count: Counter[str] = Counter()
+    for r in results:
+        faults_count.update(r["faults"])
+    return {
+        "output_dir": output_dir,
+        "samples": samples,
+        "shards": n_shards,
+        "shard_size": shard_size,
+        "seed": seed,
+        "successes": sum(r["successes"] for r in results),
+        "failed_to_download": sum(r["failed_to_download"] for r in results),
+        "failed_to_resize": 0,
+        "faults": dict(sorted(faults_count.items())),
+    }
