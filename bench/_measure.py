@@ -1,4 +1,4 @@
-"""Run a command and sample the peak resident memory of its whole process tree."""
+"""Run a command and sample the peak memory (PSS) of its whole process tree."""
 
 from __future__ import annotations
 
@@ -10,27 +10,28 @@ import time
 import psutil
 
 
-def _tree_rss(proc: psutil.Process) -> int:
+def _tree_pss(proc: psutil.Process) -> int:
+    """Proportional set size summed over the tree: shared pages (Ray's object store in /dev/shm,
+    shared libraries) are split among the processes that map them instead of counted in each."""
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            total += p.memory_info().rss
+            total += p.memory_full_info().pss
     return total
 
 
-def run_measured(cmd: list[str], *, env: dict | None = None, interval: float = 0.2) -> dict:
-    """Wall seconds and peak RSS (sum over the process tree, MiB) of ``cmd``; raises if it fails."""
+def run_measured(cmd: list[str], *, env: dict | None = None, interval: float = 0.5) -> dict:
+    """Wall seconds and peak memory (PSS summed over the process tree, MiB) of ``cmd``; raises if it fails."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = 0
+    series: list[int] = []
     stop = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
         ps = psutil.Process(proc.pid)
         while not stop.is_set():
             try:
-                peak = max(peak, _tree_rss(ps))
+                series.append(_tree_pss(ps))
             except psutil.NoSuchProcess:
                 return
             time.sleep(interval)
@@ -43,4 +44,6 @@ def run_measured(cmd: list[str], *, env: dict | None = None, interval: float = 0
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-3000:]}")
-    return {"seconds": seconds, "peak_rss_mib": peak / 2**20, "output": out}
+    # PSS at each quarter of the run: flat quarters mean memory does not grow with the data.
+    quarters = [series[min(len(series) - 1, (len(series) * q) // 4)] / 2**20 for q in (1, 2, 3, 4)] if series else []
+    return {"seconds": seconds, "peak_pss_mib": max(series, default=0) / 2**20, "quarters_mib": quarters, "output": out}

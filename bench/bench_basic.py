@@ -1,8 +1,9 @@
 """Benchmark: pipelines/basic.yaml on synthetic pools of several sizes, against a plain loop.
 
-Prints samples/s and peak RSS (whole process tree: driver, Ray's processes and workers) for
-curate and for bench/baseline_basic_loop.py on the same pool, and the ratios. Memory that
-does not grow with the pool shows as a flat peak RSS across sizes.
+Prints samples/s and peak memory for curate and for bench/baseline_basic_loop.py on the same
+pool, and the ratios. Memory is PSS summed over the whole process tree (driver, Ray's processes
+and workers), so shared pages such as Ray's object store count once. Memory that does not grow
+with the pool shows as flat PSS over the quarters of a run and across pool sizes.
 
     python bench/bench_basic.py --samples 10000 100000
 """
@@ -66,13 +67,13 @@ def main() -> int:
         rows.append((n, ours, base, written, base_kept))
     print(f"\nbench_basic: pipelines/basic.yaml vs a plain loop, {os.cpu_count()} CPUs")
     print(
-        f"{'samples':>8} {'curate s/s':>11} {'loop s/s':>9} {'speed x':>8} {'curate RSS MiB':>15} "
-        f"{'loop RSS MiB':>13} {'kept (curate/loop)':>19}"
+        f"{'samples':>8} {'curate s/s':>11} {'loop s/s':>9} {'speed x':>8} {'curate PSS MiB':>15} "
+        f"{'loop PSS MiB':>13} {'kept (curate/loop)':>19}"
     )
     for n, ours, base, written, base_kept in rows:
         print(
             f"{n:>8} {n / ours['seconds']:>11.0f} {n / base['seconds']:>9.0f} "
-            f"{base['seconds'] / ours['seconds']:>8.2f} {ours['peak_rss_mib']:>15.0f} {base['peak_rss_mib']:>13.0f} "
+            f"{base['seconds'] / ours['seconds']:>8.2f} {ours['peak_pss_mib']:>15.0f} {base['peak_pss_mib']:>13.0f} "
             f"{written:>9}/{base_kept:<9}"
         )
     print(

@@ -54,11 +54,14 @@ def _child(container: Any, part: str, where: str) -> Any:
     if isinstance(container, list):
         if part.isdigit() and int(part) < len(container):
             return int(part)
+        if part.isdigit() and int(part) == len(container):
+            container.append({})  # one past the end appends: --set steps.2.name=clip_fraction
+            return int(part)
         # Steps may be addressed by their id (or name) as well as by position.
         for i, item in enumerate(container):
             if isinstance(item, dict) and part in (item.get("id"), item.get("name")):
                 return i
-        raise RecipeError(f"--set {where}: no list item {part!r} (use an index 0..{len(container) - 1} or a step id)")
+        raise RecipeError(f"--set {where}: no list item {part!r} (use an index 0..{len(container)}, or a step id)")
     if isinstance(container, dict):
         return part
     raise RecipeError(f"--set {where}: cannot descend into a {type(container).__name__}")

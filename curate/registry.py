@@ -16,6 +16,7 @@ from pydantic import BaseModel
 _BUILTIN_MODULES = (
     "filters.image_check",
     "filters.basic",
+    "filters.clip_score",
     "curate.pack.tokenize",
     "curate.pack.decompose_step",
 )
@@ -27,6 +28,10 @@ class StepEntry:
     cls: type
     params_model: type[BaseModel]
     needs_pixels: bool
+    # A global step decides only once every shard's annotations exist (e.g. a pool-wide quantile):
+    # it has ``global_state(con, artifacts) -> dict`` (SQL over the view ``staged``; ``artifacts`` is a
+    # folder for what the state should keep, e.g. centroids) and ``decide(table, state)``.
+    global_decision: bool
     summary: str
 
 
@@ -34,12 +39,16 @@ _REGISTRY: dict[str, StepEntry] = {}
 _loaded = False
 
 
-def register_step(name: str, *, params: type[BaseModel], needs_pixels: bool = False) -> Callable[[type], type]:
+def register_step(
+    name: str, *, params: type[BaseModel], needs_pixels: bool = False, global_decision: bool = False
+) -> Callable[[type], type]:
     def decorate(cls: type) -> type:
         if name in _REGISTRY and _REGISTRY[name].cls is not cls:
             raise ValueError(f"step name {name!r} is registered twice ({_REGISTRY[name].cls} and {cls})")
         summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        _REGISTRY[name] = StepEntry(name, cls, params, needs_pixels, summary)
+        if global_decision and not (hasattr(cls, "global_state") and hasattr(cls, "decide")):
+            raise TypeError(f"global step {name!r} must define global_state(con) and decide(table, state)")
+        _REGISTRY[name] = StepEntry(name, cls, params, needs_pixels, global_decision, summary)
         return cls
 
     return decorate

@@ -15,6 +15,7 @@ import shutil
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,7 +25,16 @@ from curate.crashpoints import crash_point
 from curate.readers.base import ShardRef, list_shards, read_shard
 from curate.rundir import RunDir, atomic_write_text, recipe_fingerprint
 from curate.stats import merge_counters
-from curate.writer import finalize_shard, write_parts
+from curate.global_steps import (
+    compute_global_states,
+    finish_staged_shards,
+    global_steps,
+    is_staged,
+    remove_stage,
+    streaming_steps,
+    write_stage,
+)
+from curate.writer import assemble_shard, finalize_shard, write_parts
 from schemas.recipe import Recipe
 
 logger = logging.getLogger(__name__)
@@ -80,7 +90,7 @@ def build_dataset(recipe: Recipe, shards: list[ShardRef], tmp_dir: str):
         num_cpus=recipe.ray.read_num_cpus,
         compute=TaskPoolStrategy(size=recipe.ray.read_concurrency),
     )
-    for step in recipe.steps:
+    for step in streaming_steps(recipe):
         res = step.resources
         ds = ds.map_batches(
             StepRunner,
@@ -100,8 +110,9 @@ def check_resources(recipe: Recipe, cluster: dict[str, float]) -> None:
     """Fail early when the actor pools cannot all be placed: Ray would otherwise wait forever."""
     from curate.config import RecipeError
 
-    cpus = sum(s.resources.num_cpus * s.resources.concurrency for s in recipe.steps)
-    gpus = sum(s.resources.num_gpus * s.resources.concurrency for s in recipe.steps)
+    pools = streaming_steps(recipe)  # global steps decide in the driver, not in actor pools
+    cpus = sum(s.resources.num_cpus * s.resources.concurrency for s in pools)
+    gpus = sum(s.resources.num_gpus * s.resources.concurrency for s in pools)
     need_cpus = cpus + recipe.ray.read_num_cpus + WRITE_NUM_CPUS
     have_cpus, have_gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
     if need_cpus > have_cpus + 1e-9:
@@ -118,7 +129,9 @@ def check_resources(recipe: Recipe, cluster: dict[str, float]) -> None:
 
 
 def _execute(recipe: Recipe, run: RunDir, pending: list[ShardRef]) -> None:
+    """The streaming pass: every pending shard ends written (or staged, if there are global steps)."""
     step_ids = [s.step_id for s in recipe.steps]
+    staging = bool(global_steps(recipe))
     arrived: dict[int, int] = defaultdict(int)
     parts: dict[int, list[str]] = defaultdict(list)
     ds = build_dataset(recipe, pending, str(run.tmp))
@@ -127,12 +140,17 @@ def _execute(recipe: Recipe, run: RunDir, pending: list[ShardRef]) -> None:
         arrived[index] += int(summary["rows"])
         parts[index].append(summary["part"])
         crash_point("part_tallied")
-        if arrived[index] == int(summary["shard_rows"]):
+        if arrived[index] == int(summary["shard_rows"]) and staging:
+            shard_parts = parts.pop(index)
+            write_stage(run, index, assemble_shard(shard_parts, arrived[index]))
+            for p in shard_parts:
+                Path(p).unlink(missing_ok=True)
+        elif arrived[index] == int(summary["shard_rows"]):
             counters = finalize_shard(run, index, parts.pop(index), arrived[index], recipe.output, step_ids)
             logger.info(
                 "shard %s done: %d of %d rows written", counters["shard"], counters["written"], counters["rows"]
             )
-    unfinished = [s.index for s in pending if not run.is_done(s.index)]
+    unfinished = [s.index for s in pending if not (run.is_done(s.index) or is_staged(run, s.index))]
     if unfinished:
         raise RuntimeError(f"run ended with {len(unfinished)} shard(s) unfinished: {unfinished[:10]}")
 
@@ -180,6 +198,7 @@ def _write_summary(recipe: Recipe, run: RunDir, shards: list[ShardRef]) -> dict:
     atomic_write_text(run.stats, json.dumps(stats, indent=2))
     # Parts that a killed run's orphaned workers wrote late belong to no shard any more.
     shutil.rmtree(run.tmp, ignore_errors=True)
+    remove_stage(run)
     return stats
 
 
@@ -217,7 +236,7 @@ def run_recipe(recipe: Recipe, *, overwrite: bool = False) -> RunResult:
         resumed = run.prepare(recipe, fingerprint, overwrite=overwrite)
         if recipe.input.format == "urls":
             shards = resolve_shards(recipe, run)
-        pending = [s for s in shards if not run.is_done(s.index)]
+        pending = [s for s in shards if not (run.is_done(s.index) or is_staged(run, s.index))]
         done_before = len(shards) - len(pending)
         if resumed:
             logger.info("resuming: %d of %d shards already done", done_before, len(shards))
@@ -227,6 +246,9 @@ def run_recipe(recipe: Recipe, *, overwrite: bool = False) -> RunResult:
 
             check_resources(recipe, ray.cluster_resources())
             _execute(recipe, run, pending)
+        if global_steps(recipe) and not all(run.is_done(s.index) for s in shards):
+            states = compute_global_states(run, recipe)
+            finish_staged_shards(run, recipe, [s.index for s in shards], states)
         crash_point("before_run_summary")
         stats = _write_summary(recipe, run, shards)
     return RunResult(run, stats, resumed, done_before, time.perf_counter() - start)

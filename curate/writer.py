@@ -52,9 +52,12 @@ def write_parts(batch: pa.Table, tmp_dir: str) -> pa.Table:
         rows = batch.filter(pc.equal(batch["shard_index"], pa.scalar(int(shard_index), pa.int32())))
         folder = Path(tmp_dir) / shard_name(int(shard_index))
         folder.mkdir(parents=True, exist_ok=True)
-        part = folder / f"{uuid.uuid4().hex}.parquet"
+        # Arrow IPC, uncompressed: parts are read back once, right away, and are mostly JPEG bytes
+        # that do not compress; IPC maps them back without a decode step.
+        part = folder / f"{uuid.uuid4().hex}.arrow"
         tmp = part.with_name(f".{part.name}.tmp")
-        pq.write_table(rows, tmp)
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, rows.schema) as writer:
+            writer.write_table(rows)
         os.replace(tmp, part)
         summaries.append(
             {
@@ -102,8 +105,13 @@ def _write_tar(path: Path, rows: pa.Table, caption_field: str) -> None:
         os.fsync(f.fileno())
 
 
+def _read_part(path: str) -> pa.Table:
+    with pa.memory_map(path, "r") as source:
+        return pa.ipc.open_file(source).read_all()
+
+
 def assemble_shard(part_paths: list[str], expected_rows: int) -> pa.Table:
-    table = pa.concat_tables([pq.read_table(p) for p in part_paths], promote_options="default")
+    table = pa.concat_tables([_read_part(p) for p in part_paths], promote_options="default")
     table = table.take(pc.sort_indices(table["row_in_shard"]))
     positions = table["row_in_shard"].to_numpy()
     if table.num_rows != expected_rows or not np.array_equal(positions, np.arange(expected_rows)):
@@ -117,8 +125,14 @@ def assemble_shard(part_paths: list[str], expected_rows: int) -> pa.Table:
 def finalize_shard(
     run: RunDir, shard_index: int, part_paths: list[str], expected_rows: int, output: OutputSpec, step_ids: list[str]
 ) -> dict:
+    counters = finalize_table(run, shard_index, assemble_shard(part_paths, expected_rows), output, step_ids)
+    for p in part_paths:
+        Path(p).unlink(missing_ok=True)
+    return counters
+
+
+def finalize_table(run: RunDir, shard_index: int, table: pa.Table, output: OutputSpec, step_ids: list[str]) -> dict:
     """Write one whole shard: its files under temporary names, renamed, then its done-marker."""
-    table = assemble_shard(part_paths, expected_rows)
     name = shard_name(shard_index)
     keep = table["keep"].to_pylist()
     keys = [
@@ -159,6 +173,4 @@ def finalize_shard(
         os.replace(tmp[ext], final[ext])
     crash_point("shard_renamed")
     atomic_write_text(run.marker(shard_index), json.dumps(counters, indent=2))
-    for p in part_paths:
-        Path(p).unlink(missing_ok=True)
     return counters

@@ -112,6 +112,18 @@ class Recipe(StrictModel):
 
     @model_validator(mode="after")
     def _unique_step_ids(self) -> Recipe:
+        from curate.registry import get_step
+
+        first_global = None
+        for i, step in enumerate(self.steps):
+            if get_step(step.name).global_decision:
+                first_global = i if first_global is None else first_global
+            elif first_global is not None:
+                raise ValueError(
+                    f"steps.{i}.name: value {step.name!r} runs per batch but comes after the global step "
+                    f"steps.{first_global} ({self.steps[first_global].name!r}); global steps decide once every "
+                    "shard is annotated, so they must come last"
+                )
         seen: set[str] = set()
         for i, step in enumerate(self.steps):
             if step.step_id in seen:

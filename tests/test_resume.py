@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
+from run_helpers import snapshot, start_cli
 
 from curate.config import load_recipe
 from curate.rundir import RunDir, RunFolderError
@@ -25,42 +21,13 @@ def reference_run(ray_session, small_pool_pattern, tmp_path_factory) -> Path:
     return out
 
 
-def _cli(pattern: str, out: Path, ray_address: str, crash_at: str | None = None) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "CURATE_CRASH_AT"}
-    if crash_at:
-        env["CURATE_CRASH_AT"] = crash_at
-    cmd = [
-        sys.executable,
-        "-m",
-        "curate.cli",
-        "run",
-        "basic",
-        "--input",
-        pattern,
-        "--output",
-        str(out),
-        "--ray-address",
-        ray_address,
-        "--no-progress",
-    ]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _snapshot(run: Path) -> dict:
-    shards = run / "shards"
-    snap = {"sizes": json.loads((shards / "sizes.json").read_text())}
-    for tar in sorted(shards.glob("*.tar")):
-        snap[tar.name] = tar.read_bytes()
-        table = pq.read_table(tar.with_suffix(".parquet"), columns=["uid", "keep", "drop_reason", "output_key"])
-        snap[tar.stem + ".parquet"] = table.to_pylist()
-    snap["stray"] = sorted(str(p.relative_to(run)) for p in run.rglob("*") if ".tmp" in p.name)
-    snap["stats"] = {k: v for k, v in json.loads((run / "stats.json").read_text()).items()}
-    return snap
+def _cli(pattern: str, out: Path, ray_address: str, crash_at: str | None = None):
+    return start_cli("basic", pattern, out, ray_address, crash_at=crash_at)
 
 
 def _assert_same_output(run: Path, reference: Path) -> None:
-    got, want = _snapshot(run), _snapshot(reference)
-    assert got["stray"] == [] and not list((run / "_tmp").glob("*/*"))
+    got, want = snapshot(run), snapshot(reference)
+    assert got["stray"] == [] and got["tmp_left"] == []
     assert got.keys() == want.keys()
     for name in want:
         assert got[name] == want[name], f"{name} differs after resume"

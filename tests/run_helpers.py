@@ -1,0 +1,44 @@
+"""Helpers for tests that run ``curate run`` as a separate process (to kill it) and compare runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+
+def start_cli(recipe: str, pattern: str, out: Path, ray_address: str, overrides: list[str] | None = None,
+              crash_at: str | None = None) -> subprocess.Popen:
+    """``curate run`` joining the tests' Ray cluster, optionally set to SIGKILL itself at a crash point."""
+    env = {k: v for k, v in os.environ.items() if k != "CURATE_CRASH_AT"}
+    if crash_at:
+        env["CURATE_CRASH_AT"] = crash_at
+    cmd = [sys.executable, "-m", "curate.cli", "run", recipe, "--input", pattern, "--output", str(out),
+           "--ray-address", ray_address, "--no-progress"]
+    for item in overrides or []:
+        cmd += ["--set", item]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def run_cli(*args, **kwargs) -> subprocess.CompletedProcess:
+    proc = start_cli(*args, **kwargs)
+    out = proc.communicate(timeout=300)[0]
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out)
+
+
+def snapshot(run: Path) -> dict:
+    """What must be identical between an interrupted-and-resumed run and an uninterrupted one."""
+    shards = run / "shards"
+    snap = {"sizes": json.loads((shards / "sizes.json").read_text())}
+    for tar in sorted(shards.glob("*.tar")):
+        snap[tar.name] = tar.read_bytes()
+        table = pq.read_table(tar.with_suffix(".parquet"), columns=["uid", "keep", "drop_reason", "output_key"])
+        snap[tar.stem + ".parquet"] = table.to_pylist()
+    snap["stray"] = sorted(str(p.relative_to(run)) for p in run.rglob("*") if ".tmp" in p.name)
+    snap["tmp_left"] = sorted(str(p) for p in (run / "_tmp").glob("*/*"))
+    snap["stats"] = json.loads((run / "stats.json").read_text())
+    return snap
