@@ -92,6 +92,19 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_subset(args: argparse.Namespace) -> int:
+    import json
+
+    from curate.subset import export_run_subset, subset_report
+
+    if args.action == "export":
+        count = export_run_subset(args.run, args.path, where=args.where)
+        console.print(f"wrote {count} uids (DataComp u8,u8, sorted) to {args.path}")
+    else:
+        console.print_json(json.dumps(subset_report(args.run, args.path)))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from curate.demo import run_demo
 
@@ -160,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("catalog", help="rebuild a run's catalog.duckdb (e.g. after moving the folder)")
     p.add_argument("run")
     p.set_defaults(func=_cmd_catalog)
+
+    p = sub.add_parser("subset", help="export a run's kept uids as a DataComp subset, or compare a subset to a run")
+    p.add_argument("action", choices=["export", "report"])
+    p.add_argument("run")
+    p.add_argument("path", help="the .npy subset file (u8,u8) to write (export) or read (report)")
+    p.add_argument("--where", default="keep", help="SQL condition on the samples view (export)")
+    p.set_defaults(func=_cmd_subset)
 
     p = sub.add_parser("demo", help="make a synthetic pool and run the demo recipe on it")
     p.add_argument("--output", default="demo")

@@ -72,8 +72,11 @@ def compute_global_states(run: RunDir, recipe: Recipe) -> dict[str, dict]:
         for spec in global_steps(recipe):
             step = build_step(spec.name, spec.params)
             states[spec.step_id] = step.global_state(con, artifacts=run.root / "artifacts" / spec.step_id)
-            logger.info("global step %s: %s", spec.step_id, {k: v for k, v in states[spec.step_id].items()
-                                                              if not isinstance(v, list)})
+            logger.info(
+                "global step %s: %s",
+                spec.step_id,
+                {k: v for k, v in states[spec.step_id].items() if not isinstance(v, list)},
+            )
     finally:
         con.close()
     atomic_write_text(saved, json.dumps(states, indent=2))

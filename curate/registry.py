@@ -17,6 +17,10 @@ _BUILTIN_MODULES = (
     "filters.image_check",
     "filters.basic",
     "filters.clip_score",
+    "filters.image_based",
+    "filters.text_based",
+    "filters.text_embed",
+    "filters.subset",
     "curate.pack.tokenize",
     "curate.pack.decompose_step",
 )

@@ -22,9 +22,6 @@ import pyarrow.parquet as pq
 
 from curate.catalog import build_catalog
 from curate.crashpoints import crash_point
-from curate.readers.base import ShardRef, list_shards, read_shard
-from curate.rundir import RunDir, atomic_write_text, recipe_fingerprint
-from curate.stats import merge_counters
 from curate.global_steps import (
     compute_global_states,
     finish_staged_shards,
@@ -34,6 +31,10 @@ from curate.global_steps import (
     streaming_steps,
     write_stage,
 )
+from curate.readers.base import ShardRef, list_shards, read_shard
+from curate.rundir import RunDir, atomic_write_text, recipe_fingerprint
+from curate.stats import merge_counters
+from curate.subset import export_run_subset
 from curate.writer import assemble_shard, finalize_shard, write_parts
 from schemas.recipe import Recipe
 
@@ -164,8 +165,8 @@ def _write_summary(recipe: Recipe, run: RunDir, shards: list[ShardRef]) -> dict:
         from curate.pack.buckets import write_buckets
 
         stats["buckets"] = {b["k"]: b["sequences"] for b in write_buckets(run, recipe)["buckets"]}
-    else:
-        sizes = {m["shard"]: m["written"] for m in sorted(markers, key=lambda m: m["shard_index"])}
+    elif recipe.output.layout == "samples":
+        sizes = {m["shard"]: m["samples_written"] for m in sorted(markers, key=lambda m: m["shard_index"])}
         atomic_write_text(run.shards / "sizes.json", json.dumps(sizes, indent=2))
     shard_rows = [
         {
@@ -195,6 +196,8 @@ def _write_summary(recipe: Recipe, run: RunDir, shards: list[ShardRef]) -> dict:
         )
     pq.write_table(pa.Table.from_pylist(step_rows), run.root / "steps.parquet")
     build_catalog(run.root)
+    # The kept uids as a DataComp subset file, for DataComp's resharder or `curate run reshard`.
+    stats["subset"] = {"path": "subset.npy", "uids": export_run_subset(run.root, run.root / "subset.npy")}
     atomic_write_text(run.stats, json.dumps(stats, indent=2))
     # Parts that a killed run's orphaned workers wrote late belong to no shard any more.
     shutil.rmtree(run.tmp, ignore_errors=True)

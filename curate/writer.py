@@ -92,17 +92,30 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _write_tar(path: Path, rows: pa.Table, caption_field: str) -> None:
+def _write_tar(path: Path, rows: pa.Table, caption_field: str) -> int:
+    """Write the kept rows as samples; a ``repeat`` column (DataComp subsets with duplicates)
+    writes a sample that many times, the copies keyed ``{key}_{j}``. Returns samples written."""
+    written = 0
     with open(path, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        # Embeddings stay in the Parquet sidecar (row-aligned, exportable as DataComp .npz); in every
+        # sample's json they would multiply its size for no reader's benefit.
+        vectors = {f.name for f in rows.schema if pa.types.is_fixed_size_list(f.type)}
+        skip = set(HEAVY_COLUMNS + RUNNER_COLUMNS) | vectors
         for row in rows.to_pylist():
-            key = row["output_key"]
             caption = row.get(caption_field)
-            _add_member(tar, f"{key}.{row['image_ext'] or 'jpg'}", row["image"])
-            _add_member(tar, f"{key}.txt", ("" if caption is None else str(caption)).encode("utf-8"))
-            sample_json = _json_ready({k: v for k, v in row.items() if k not in HEAVY_COLUMNS + RUNNER_COLUMNS})
-            _add_member(tar, f"{key}.json", json.dumps(sample_json, ensure_ascii=False, default=str).encode())
+            text = ("" if caption is None else str(caption)).encode("utf-8")
+            sample_json = json.dumps(
+                _json_ready({k: v for k, v in row.items() if k not in skip}), ensure_ascii=False, default=str
+            ).encode()
+            for copy in range(max(1, row.get("repeat") or 1)):
+                key = row["output_key"] if copy == 0 else f"{row['output_key']}_{copy}"
+                _add_member(tar, f"{key}.{row['image_ext'] or 'jpg'}", row["image"])
+                _add_member(tar, f"{key}.txt", text)
+                _add_member(tar, f"{key}.json", sample_json)
+                written += 1
         f.flush()
         os.fsync(f.fileno())
+    return written
 
 
 def _read_part(path: str) -> pa.Table:
@@ -146,15 +159,16 @@ def finalize_table(run: RunDir, shard_index: int, table: pa.Table, output: Outpu
     final = {".parquet": run.shards / f"{name}.parquet", "_stats.json": run.shards / f"{name}_stats.json"}
     if output.layout == "buckets":
         final["chunks"] = run.chunks / f"{name}.parquet"
-    else:
+    elif output.layout == "samples":
         final[".tar"] = run.shards / f"{name}.tar"
     tmp = {ext: p.with_name(f".{p.name}.tmp") for ext, p in final.items()}
+    written = kept.num_rows
     if output.layout == "buckets":
         from curate.pack.buckets import write_chunk_file
 
         write_chunk_file(tmp["chunks"], kept)
-    else:
-        _write_tar(tmp[".tar"], kept, output.caption_field)
+    elif output.layout == "samples":
+        written = _write_tar(tmp[".tar"], kept, output.caption_field)
     # The sidecar is metadata: image bytes live in the tar, token ids in the bucket shards.
     heavy = [c for c in (*HEAVY_COLUMNS, *RUNNER_COLUMNS, "tokens") if c in table.column_names]
     pq.write_table(table.drop_columns(heavy), tmp[".parquet"])
@@ -163,10 +177,10 @@ def finalize_table(run: RunDir, shard_index: int, table: pa.Table, output: Outpu
         "shard_index": shard_index,
         "source": table["source"][0].as_py(),
         **shard_counters(table, step_ids),
+        "samples_written": written,
     }
-    written = counters["written"]
     tmp["_stats.json"].write_text(
-        json.dumps({"successes": written, "count": table.num_rows, "not_written": table.num_rows - written}, indent=2)
+        json.dumps({"successes": written, "count": table.num_rows, "kept": kept.num_rows}, indent=2)
     )
     crash_point("shard_files_written")
     for ext in final:

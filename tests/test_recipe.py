@@ -13,11 +13,28 @@ from curate.config import (
     validate_recipe,
 )
 
+# Recipes that name a file the user supplies get one here.
+USER_FILES = {
+    "datacomp_image_based": ("image_based", "reference_embeddings"),
+    "datacomp_1b": ("image_based", "reference_embeddings"),
+    "reshard": ("subset", "path"),
+}
+
 
 @pytest.mark.parametrize("path", sorted(PIPELINES_DIR.glob("*.yaml")), ids=lambda p: p.stem)
-def test_every_builtin_recipe_is_valid(path):
-    recipe = load_recipe(str(path), input_path="pool/*.tar", output_path="run")
+def test_every_builtin_recipe_is_valid(path, tmp_path):
+    overrides = []
+    if path.stem in USER_FILES:
+        step, field = USER_FILES[path.stem]
+        (tmp_path / "ref.npy").write_bytes(b"")
+        overrides.append(f"steps.{step}.params.{field}={tmp_path / 'ref.npy'}")
+    recipe = load_recipe(str(path), overrides, input_path="pool/*.tar", output_path="run")
     assert recipe.steps, f"{path.name} has no steps"
+
+
+def test_missing_user_file_fails_at_validation():
+    with pytest.raises(RecipeError, match=r"reference_embeddings: value 'imagenet_l14.npy' is not a file"):
+        load_recipe("datacomp_1b", input_path="m/*.parquet", output_path="run")
 
 
 def test_builtin_recipe_by_name():
