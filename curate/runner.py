@@ -31,7 +31,7 @@ from curate.global_steps import (
     streaming_steps,
     write_stage,
 )
-from curate.readers.base import ShardRef, list_shards, read_shard
+from curate.readers.base import ShardRef, list_shards, preflight, read_shard
 from curate.rundir import RunDir, atomic_write_text, recipe_fingerprint
 from curate.stats import merge_counters
 from curate.subset import export_run_subset
@@ -235,6 +235,7 @@ def run_recipe(recipe: Recipe, *, overwrite: bool = False) -> RunResult:
             fingerprint = recipe_fingerprint(recipe, [recipe.input.path])
         else:
             shards = resolve_shards(recipe, run)
+            preflight(shards)
             fingerprint = recipe_fingerprint(recipe, [s.path for s in shards])
         resumed = run.prepare(recipe, fingerprint, overwrite=overwrite)
         if recipe.input.format == "urls":

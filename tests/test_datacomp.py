@@ -13,6 +13,7 @@ import pytest
 import webdataset as wds
 
 from curate.config import validate_recipe
+from curate.readers.base import InputError
 from curate.runner import run_recipe
 from curate.subset import read_subset, subset_report, subset_to_uids, write_subset
 from filters.basic import detect_language
@@ -123,8 +124,9 @@ def test_bad_datacomp_inputs_fail_before_work(metadata, tmp_path):
             "steps": [{"name": "basic"}],
         }
     )
-    with pytest.raises(Exception, match="npz"):
+    with pytest.raises(InputError, match="row-aligned"):
         run_recipe(recipe)
+    assert not (tmp_path / "run" / "run.json").exists()  # refused before the run folder was set up
 
 
 def test_reshard_follows_a_subset_with_duplicates_and_missing(basic_run, small_pool_pattern, tmp_path):

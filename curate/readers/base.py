@@ -123,3 +123,13 @@ def read_shard(ref: ShardRef) -> pa.Table:
 
         return read_datacomp_shard(ref)
     raise InputError(f"input.format: value {ref.format!r}; allowed: img2dataset, webdataset, parquet, datacomp")
+
+
+def preflight(shards: list[ShardRef]) -> None:
+    """Checks that need no data but would otherwise fail mid-run (DataComp parquet/npz alignment)."""
+    datacomp = [s for s in shards if s.format == "datacomp"]
+    if datacomp:
+        from curate.readers.datacomp_reader import check_datacomp_shard
+
+        for ref in datacomp:
+            check_datacomp_shard(ref)
