@@ -21,6 +21,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from curate.catalog import connect
+
 logger = logging.getLogger(__name__)
 
 SUBSET_DTYPE = np.dtype([("f0", "<u8"), ("f1", "<u8")])
@@ -167,17 +169,10 @@ class SubsetIndex:
         return counts
 
 
-def _connect(run_dir: str | os.PathLike) -> duckdb.DuckDBPyConnection:
-    path = Path(run_dir) / "catalog.duckdb"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: is {str(run_dir)!r} a finished curate run?")
-    return duckdb.connect(str(path), read_only=True)
-
-
 def export_run_subset(run_dir: str | os.PathLike, path: str | os.PathLike, where: str = "keep") -> int:
     """Write the uids of the run's ``samples`` rows where the SQL condition ``where`` holds as a
     DataComp subset file; returns the number of entries."""
-    con = _connect(run_dir)
+    con = connect(run_dir)
     try:
         table = con.sql(f"SELECT uid FROM samples WHERE uid IS NOT NULL AND ({where})").to_arrow_table()
     except duckdb.Error as exc:
@@ -198,7 +193,7 @@ def subset_report(run_dir: str | os.PathLike, subset_path: str | os.PathLike) ->
     ``pool_rows``: rows of the pool.
     """
     uids = subset_to_uids(read_subset(subset_path))
-    con = _connect(run_dir)
+    con = connect(run_dir)
     try:
         con.register("subset_uids", pa.table({"uid": pa.array(uids, pa.string())}))
         sql = """

@@ -60,3 +60,24 @@ def snapshot(run: Path) -> dict:
     snap["tmp_left"] = sorted(str(p) for p in (run / "_tmp").glob("*/*"))
     snap["stats"] = json.loads((run / "stats.json").read_text())
     return snap
+
+
+def sample_table(captions: list, statuses: list | None = None, metas: list | None = None):
+    """A sample table of one shard with these captions (and statuses / pool metadata), for step tests."""
+    from schemas.tables import rows_to_sample_table
+
+    statuses = statuses or ["success"] * len(captions)
+    metas = metas or [None] * len(captions)
+    rows = [
+        {
+            "uid": f"{i:032x}",
+            "shard_index": 0,
+            "row_in_shard": i,
+            "shard_rows": len(captions),
+            "caption": c,
+            "status": s,
+            "meta": None if m is None else json.dumps(m),
+        }
+        for i, (c, s, m) in enumerate(zip(captions, statuses, metas, strict=True))
+    ]
+    return rows_to_sample_table(rows)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 from pydantic import BaseModel
+from run_helpers import sample_table
 
 from curate.registry import register_step
 from curate.steps import StepRunner
-from schemas.tables import rows_to_sample_table
 
 
 class _Params(BaseModel):
@@ -31,20 +31,8 @@ class _FragileStep:
         return batch.append_column("step_drop_reason", pa.array([None if k else "starts_with_drop" for k in keep]))
 
 
-def _table(captions, statuses=None):
-    statuses = statuses or ["success"] * len(captions)
-    rows = [
-        {
-            "uid": f"{i:032x}",
-            "shard_index": 0,
-            "row_in_shard": i,
-            "shard_rows": len(captions),
-            "caption": c,
-            "status": s,
-        }
-        for i, (c, s) in enumerate(zip(captions, statuses, strict=True))
-    ]
-    return rows_to_sample_table(rows)
+def _table(captions, statuses=None, metas=None):
+    return sample_table(captions, statuses, metas)
 
 
 def test_failed_rows_bypass_the_step_and_keep_their_place():

@@ -9,28 +9,16 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from run_helpers import sample_table
 
 import filters.text_based  # noqa: F401 - registers the step before the registry lists it
 import filters.text_embed  # noqa: F401
 from curate.steps import StepRunner
 from filters.text_match import PhraseMatcher, read_entries
-from schemas.tables import rows_to_sample_table
 
 
-def _table(captions, statuses=None):
-    statuses = statuses or ["success"] * len(captions)
-    rows = [
-        {
-            "uid": f"{i:032x}",
-            "shard_index": 0,
-            "row_in_shard": i,
-            "shard_rows": len(captions),
-            "caption": c,
-            "status": s,
-        }
-        for i, (c, s) in enumerate(zip(captions, statuses, strict=True))
-    ]
-    return rows_to_sample_table(rows)
+def _table(captions, statuses=None, metas=None):
+    return sample_table(captions, statuses, metas)
 
 
 # --- matcher -------------------------------------------------------------------------------------

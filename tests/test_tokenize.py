@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
+from run_helpers import sample_table
 
 from curate.config import RecipeError, validate_recipe
 from curate.steps import StepRunner
-from schemas.tables import rows_to_sample_table
 
 
-def _table(captions, metas=None):
-    metas = metas or [None] * len(captions)
-    rows = [
-        {
-            "uid": f"{i:032x}",
-            "shard_index": 0,
-            "row_in_shard": i,
-            "shard_rows": len(captions),
-            "caption": c,
-            "meta": None if m is None else json.dumps(m),
-        }
-        for i, (c, m) in enumerate(zip(captions, metas, strict=True))
-    ]
-    return rows_to_sample_table(rows)
+def _table(captions, statuses=None, metas=None):
+    return sample_table(captions, statuses, metas)
 
 
 def test_offline_bert_tokenizer_appends_sep():
@@ -35,7 +21,7 @@ def test_offline_bert_tokenizer_appends_sep():
 
 
 def test_template_reads_meta_fields_and_fails_rows_missing_them():
-    table = _table(["a red circle", "a blue star"], [{"dense_caption": "a long description"}, {}])
+    table = _table(["a red circle", "a blue star"], metas=[{"dense_caption": "a long description"}, {}])
     out = StepRunner("tokenize", "tok", {"text": "{caption}. {meta.dense_caption}"})(table)
     assert out["status"].to_pylist() == ["success", "failed_to_tokenize"]
     assert "meta.dense_caption" in out["error_message"][1].as_py()
