@@ -29,7 +29,8 @@ def print_summary(console: Console, result) -> None:
         for reason, count in sorted({**c["failed"], **c["dropped"]}.items(), key=lambda kv: -kv[1]):
             reasons.add_row(step_id, reason, str(count))
     console.print(steps)
-    console.print(reasons)
+    if reasons.row_count:
+        console.print(reasons)
     resumed = f" (resumed; {result.shards_done_before} shards were already done)" if result.resumed else ""
     last = max(stats["shards"] - 1, 0)
     console.print(
