@@ -16,6 +16,7 @@ from pydantic import BaseModel
 _BUILTIN_MODULES = (
     "filters.image_check",
     "filters.basic",
+    "filters.clip_embed",
     "filters.clip_score",
     "filters.image_based",
     "filters.text_based",
