@@ -105,6 +105,15 @@ def _cmd_subset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_npz(args: argparse.Namespace) -> int:
+    from curate.export_npz import export_npz
+
+    rename = dict(item.split("=", 1) for item in args.rename)
+    n = export_npz(args.run, args.output, where_keep=args.kept_only, rename=rename)
+    console.print(f"wrote {n} parquet + npz pairs to {args.output}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from curate.demo import run_demo
 
@@ -180,6 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="the .npy subset file (u8,u8) to write (export) or read (report)")
     p.add_argument("--where", default="keep", help="SQL condition on the samples view (export)")
     p.set_defaults(func=_cmd_subset)
+
+    p = sub.add_parser("export-npz", help="export a run as DataComp-style metadata: parquet + row-aligned npz")
+    p.add_argument("run")
+    p.add_argument("output")
+    p.add_argument("--kept-only", action="store_true", help="only the rows the run kept")
+    p.add_argument(
+        "--rename",
+        action="append",
+        default=[],
+        metavar="OURS=THEIRS",
+        help="e.g. --rename clip_image_emb=l14_img --rename clip_score=clip_l14_similarity_score",
+    )
+    p.set_defaults(func=_cmd_export_npz)
 
     p = sub.add_parser("demo", help="make a synthetic pool and run the demo recipe on it")
     p.add_argument("--output", default="demo")

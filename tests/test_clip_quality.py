@@ -56,3 +56,37 @@ def test_embeddings_stay_in_the_sidecar_not_the_sample_json(swapped_run):
             "select len(clip_image_emb) from samples where clip_image_emb is not null limit 1"
         ).fetchall()[0]
     assert dim == 128
+
+
+def test_export_npz_is_row_aligned_and_reads_back_as_datacomp(swapped_run, tmp_path, ray_session):
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from curate.cli import main
+    from curate.readers.base import list_shards, read_shard
+
+    _, result = swapped_run
+    out = tmp_path / "export"
+    assert (
+        main(
+            [
+                "export-npz",
+                str(result.run_dir.root),
+                str(out),
+                "--rename",
+                "clip_image_emb=l14_img",
+                "--rename",
+                "clip_score=clip_l14_similarity_score",
+            ]
+        )
+        == 0
+    )
+    meta = pq.read_table(out / "00000000.parquet")
+    arrays = np.load(out / "00000000.npz")
+    assert arrays["l14_img"].shape == (meta.num_rows, 128)
+    sidecar = pq.read_table(result.run_dir.shards / "00000000.parquet", columns=["uid", "clip_image_emb"])
+    assert meta["uid"].to_pylist() == sidecar["uid"].to_pylist()
+    first = next(i for i, v in enumerate(sidecar["clip_image_emb"].to_pylist()) if v is not None)
+    np.testing.assert_allclose(arrays["l14_img"][first], sidecar["clip_image_emb"][first].as_py(), rtol=1e-3)
+    (ref,) = list_shards(str(out / "00000000.parquet"))
+    assert ref.format == "datacomp" and "l14_img" in read_shard(ref).column_names

@@ -18,6 +18,7 @@ USER_FILES = {
     "datacomp_image_based": ("image_based", "reference_embeddings"),
     "datacomp_1b": ("image_based", "reference_embeddings"),
     "reshard": ("subset", "path"),
+    "datacomp_text_based": ("text_based", "vocabulary"),
 }
 
 
@@ -26,7 +27,7 @@ def test_every_builtin_recipe_is_valid(path, tmp_path):
     overrides = []
     if path.stem in USER_FILES:
         step, field = USER_FILES[path.stem]
-        (tmp_path / "ref.npy").write_bytes(b"")
+        (tmp_path / "ref.npy").write_text("cat\n")
         overrides.append(f"steps.{step}.params.{field}={tmp_path / 'ref.npy'}")
     recipe = load_recipe(str(path), overrides, input_path="pool/*.tar", output_path="run")
     assert recipe.steps, f"{path.name} has no steps"
