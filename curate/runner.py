@@ -205,6 +205,18 @@ def _write_summary(recipe: Recipe, run: RunDir, shards: list[ShardRef]) -> dict:
     return stats
 
 
+def _column_params(recipe: Recipe) -> dict[str, str]:
+    """Columns that steps read by name (``*_column`` params), unless a step could produce them."""
+    if any(s.name in ("clip_embed", "text_embed") for s in recipe.steps):
+        return {}
+    return {
+        f"steps.{i}.params.{key}": value
+        for i, step in enumerate(recipe.steps)
+        for key, value in step.params.items()
+        if key.endswith("_column") and isinstance(value, str)
+    }
+
+
 def resolve_shards(recipe: Recipe, run: RunDir) -> list[ShardRef]:
     if recipe.input.format == "urls":
         from curate.readers.url_pool import download_url_pool
@@ -235,7 +247,7 @@ def run_recipe(recipe: Recipe, *, overwrite: bool = False) -> RunResult:
             fingerprint = recipe_fingerprint(recipe, [recipe.input.path])
         else:
             shards = resolve_shards(recipe, run)
-            preflight(shards)
+            preflight(shards, _column_params(recipe))
             fingerprint = recipe_fingerprint(recipe, [s.path for s in shards])
         resumed = run.prepare(recipe, fingerprint, overwrite=overwrite)
         if recipe.input.format == "urls":

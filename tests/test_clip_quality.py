@@ -90,3 +90,18 @@ def test_export_npz_is_row_aligned_and_reads_back_as_datacomp(swapped_run, tmp_p
     np.testing.assert_allclose(arrays["l14_img"][first], sidecar["clip_image_emb"][first].as_py(), rtol=1e-3)
     (ref,) = list_shards(str(out / "00000000.parquet"))
     assert ref.format == "datacomp" and "l14_img" in read_shard(ref).column_names
+
+
+def test_image_based_references_from_prompts_use_the_clip_text_tower():
+    import numpy as np
+
+    from filters.image_based import ImageBasedFilter, ImageBasedParams
+
+    step = ImageBasedFilter(
+        ImageBasedParams(
+            reference_prompts=["a red circle", "a blue square"], clip_model="curate-tiny-clip", clip_pretrained="curate"
+        )
+    )
+    refs = step._references()
+    assert refs.shape == (2, 128)
+    np.testing.assert_allclose(np.linalg.norm(refs, axis=1), 1.0, rtol=1e-2)

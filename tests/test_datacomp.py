@@ -126,6 +126,15 @@ def test_bad_datacomp_inputs_fail_before_work(metadata, tmp_path):
     )
     with pytest.raises(InputError, match="row-aligned"):
         run_recipe(recipe)
+    missing = validate_recipe(
+        {
+            "input": {"path": f"{metadata}/*.parquet", "format": "datacomp"},
+            "output": {"path": str(tmp_path / "run2"), "layout": "metadata"},
+            "steps": [{"name": "clip_fraction", "params": {"score_column": "clip_h14_score", "fraction": 0.3}}],
+        }
+    )
+    with pytest.raises(InputError, match=r"steps\.0\.params\.score_column: value 'clip_h14_score'"):
+        run_recipe(missing)
     assert not (tmp_path / "run" / "run.json").exists()  # refused before the run folder was set up
 
 

@@ -125,11 +125,26 @@ def read_shard(ref: ShardRef) -> pa.Table:
     raise InputError(f"input.format: value {ref.format!r}; allowed: img2dataset, webdataset, parquet, datacomp")
 
 
-def preflight(shards: list[ShardRef]) -> None:
-    """Checks that need no data but would otherwise fail mid-run (DataComp parquet/npz alignment)."""
+def preflight(shards: list[ShardRef], column_params: dict[str, str] | None = None) -> None:
+    """Checks that need no data but would otherwise fail mid-run: DataComp parquet/npz alignment,
+    and that the columns steps read (``column_params``: recipe field -> column) exist in the
+    metadata-only pool, which has no step that could produce them."""
     datacomp = [s for s in shards if s.format == "datacomp"]
-    if datacomp:
-        from curate.readers.datacomp_reader import check_datacomp_shard
+    if not datacomp:
+        return
+    from curate.readers.datacomp_reader import check_datacomp_shard, index_npz
 
-        for ref in datacomp:
-            check_datacomp_shard(ref)
+    for ref in datacomp:
+        check_datacomp_shard(ref)
+    if column_params:
+        import pyarrow.parquet as pq
+
+        first = datacomp[0].path
+        with fsspec.open(first, "rb") as f:
+            available = set(pq.read_schema(f).names)
+        available |= {m.name for m in index_npz(first.rsplit(".", 1)[0] + ".npz") or []}
+        for field, column in column_params.items():
+            if column not in available:
+                raise InputError(
+                    f"{field}: value {column!r} is not a column of {first!r} or its npz; available: {sorted(available)}"
+                )
