@@ -238,7 +238,8 @@ def decode_image(data: bytes | None, size: int) -> Image.Image:
         return img.convert("RGB")  # decodes now, so truncated or corrupt data raises here
 
 
-def _resolve_device(device: str) -> str:
+def resolve_device(device: str) -> str:
+    """auto: cuda when torch sees a GPU, else cpu; an explicit cuda without one is an error."""
     import torch
 
     if device == "auto":
@@ -263,7 +264,7 @@ class ClipEmbedder:
         import torch
 
         self.params = params
-        self.device = _resolve_device(params.device)
+        self.device = resolve_device(params.device)
         precision = params.precision if params.precision != "auto" else ("fp16" if self.device == "cuda" else "fp32")
         self.precision = precision
         kwargs: dict[str, Any] = {"precision": precision, "device": self.device}

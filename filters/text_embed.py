@@ -20,6 +20,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curate.registry import register_step
+from filters.clip_embed import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -89,16 +90,6 @@ def load_encoder(name: str, device: str) -> Any:
         ) from None
 
 
-def _pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: value 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
-    return device
-
-
 def to_fixed_size_list(matrix: np.ndarray, dtype: type = np.float16) -> pa.FixedSizeListArray:
     flat = np.ascontiguousarray(matrix, dtype=dtype).reshape(-1)
     return pa.FixedSizeListArray.from_arrays(pa.array(flat), matrix.shape[1])
@@ -112,7 +103,7 @@ class TextEmbedder:
         self.params = params
         self.fields = template_fields(params.text)
         self.is_template = "{" in params.text
-        self.device = _pick_device(params.device)
+        self.device = resolve_device(params.device)
         self.encoder = load_encoder(params.model, self.device)
         self.dim = int(self.encoder.get_embedding_dimension())
         self.column = f"{params.prefix}_emb"
