@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
 
@@ -47,3 +50,23 @@ def run_measured(cmd: list[str], *, env: dict | None = None, interval: float = 0
     # PSS at each quarter of the run: flat quarters mean memory does not grow with the data.
     quarters = [series[min(len(series) - 1, (len(series) * q) // 4)] / 2**20 for q in (1, 2, 3, 4)] if series else []
     return {"seconds": seconds, "peak_pss_mib": max(series, default=0) / 2**20, "quarters_mib": quarters, "output": out}
+
+
+BENCH_ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def curate_run_command(recipe: str, pattern: str, output: str, overrides: list[str] = ()) -> list[str]:
+    """``curate run`` from this interpreter's environment, quiet, with ``--set`` overrides."""
+    cmd = [
+        str(Path(sys.executable).with_name("curate")),
+        "run",
+        recipe,
+        "--input",
+        pattern,
+        "--output",
+        output,
+        "--no-progress",
+    ]
+    for item in overrides:
+        cmd += ["--set", item]
+    return cmd

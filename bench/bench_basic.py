@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _measure import run_measured  # noqa: E402
+from _measure import BENCH_ENV, curate_run_command, run_measured  # noqa: E402
 
 from curate.synth import make_pool  # noqa: E402
 
@@ -47,17 +47,14 @@ def main() -> int:
     args = ap.parse_args()
     root = Path(args.workdir)
     root.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    curate_bin = str(Path(sys.executable).with_name("curate"))
+    env = BENCH_ENV
     rows = []
     for n in args.samples:
         pattern = ensure_pool(root, n, args.shard_size)
         ours_out, base_out = root / f"run_{n}", root / f"baseline_{n}"
         shutil.rmtree(ours_out, ignore_errors=True)
         shutil.rmtree(base_out, ignore_errors=True)
-        ours = run_measured(
-            [curate_bin, "run", "basic", "--input", pattern, "--output", str(ours_out), "--no-progress"], env=env
-        )
+        ours = run_measured(curate_run_command("basic", pattern, str(ours_out)), env=env)
         base = run_measured(
             [sys.executable, str(BENCH / "baseline_basic_loop.py"), "--input", pattern, "--output", str(base_out)],
             env=env,

@@ -20,7 +20,7 @@ import numpy as np
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from _measure import run_measured  # noqa: E402
+from _measure import BENCH_ENV, curate_run_command, run_measured  # noqa: E402
 from datacomp_meta import make_datacomp_metadata  # noqa: E402
 
 
@@ -41,8 +41,7 @@ def main() -> int:
     np.save(refs, np.random.default_rng(1).normal(size=(100, 768)).astype(np.float32))
     run = root / "run"
     shutil.rmtree(run, ignore_errors=True)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    curate_bin = str(Path(sys.executable).with_name("curate"))
+    env = BENCH_ENV
     sets = [
         "steps.0.name=basic",
         "steps.0.resources.num_cpus=1",
@@ -54,20 +53,7 @@ def main() -> int:
         f"steps.2.params.num_clusters={args.clusters}",
         f"steps.2.params.reference_embeddings={refs}",
     ]
-    cmd = [
-        curate_bin,
-        "run",
-        "datacomp_clip_score",
-        "--input",
-        f"{meta}/*.parquet",
-        "--output",
-        str(run),
-        "--no-progress",
-        "--set",
-        "steps=[]",
-    ]
-    for item in sets:
-        cmd += ["--set", item]
+    cmd = curate_run_command("datacomp_clip_score", f"{meta}/*.parquet", str(run), ["steps=[]", *sets])
     ours = run_measured(cmd, env=env)
     base = run_measured(
         [

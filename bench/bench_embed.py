@@ -18,7 +18,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from _measure import run_measured  # noqa: E402
+from _measure import BENCH_ENV, curate_run_command, run_measured  # noqa: E402
 from bench_basic import ensure_pool  # noqa: E402
 
 
@@ -32,8 +32,7 @@ def main() -> int:
     pattern = ensure_pool(root, args.samples, args.shard_size)
     out = root / "embed_run"
     shutil.rmtree(out, ignore_errors=True)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    curate_bin = str(Path(sys.executable).with_name("curate"))
+    env = BENCH_ENV
     sets = [
         "steps=[]",
         "steps.0.name=clip_embed",
@@ -43,10 +42,7 @@ def main() -> int:
         "steps.0.resources.batch_size=256",
         "steps.0.resources.num_cpus=1",
     ]
-    cmd = [curate_bin, "run", "basic", "--input", pattern, "--output", str(out), "--no-progress"]
-    for item in sets:
-        cmd += ["--set", item]
-    ours = run_measured(cmd, env=env)
+    ours = run_measured(curate_run_command("basic", pattern, str(out), sets), env=env)
     base = run_measured([sys.executable, str(BENCH / "baseline_embed_loop.py"), "--input", pattern], env=env)
     stats = json.loads((out / "stats.json").read_text())
     scored = stats["steps"]["clip_embed"]["kept"]

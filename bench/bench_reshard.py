@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from _measure import run_measured  # noqa: E402
+from _measure import BENCH_ENV, curate_run_command, run_measured  # noqa: E402
 from bench_basic import ensure_pool  # noqa: E402
 
 from curate.subset import write_subset  # noqa: E402
@@ -44,22 +44,9 @@ def main() -> int:
     ours_out, base_out = root / "reshard_run", root / "reshard_baseline"
     shutil.rmtree(ours_out, ignore_errors=True)
     shutil.rmtree(base_out, ignore_errors=True)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    curate_bin = str(Path(sys.executable).with_name("curate"))
+    env = BENCH_ENV
     ours = run_measured(
-        [
-            curate_bin,
-            "run",
-            "reshard",
-            "--input",
-            pattern,
-            "--output",
-            str(ours_out),
-            "--no-progress",
-            "--set",
-            f"steps.subset.params.path={subset}",
-        ],
-        env=env,
+        curate_run_command("reshard", pattern, str(ours_out), [f"steps.subset.params.path={subset}"]), env=env
     )
     base = run_measured(
         [
