@@ -1,4 +1,5 @@
-"""The ``curate`` command line: make-pool, run, query, catalog, demo, validate, list-steps."""
+"""The ``curate`` command line: make-pool, run, query, catalog, demo, validate, list-steps,
+subset, export-npz, mode-weights."""
 
 from __future__ import annotations
 
@@ -54,6 +55,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
         recipe = recipe.model_copy(update={"ray": recipe.ray.model_copy(update={"progress_bars": False})})
     result = run_recipe(recipe, overwrite=args.overwrite)
     print_summary(console, result)
+    return 0
+
+
+def _cmd_mode_weights(args: argparse.Namespace) -> int:
+    import json
+
+    from curate.mode_weights import mode_weights, read_classes
+
+    result = mode_weights(
+        args.run,
+        read_classes(args.classes),
+        step_id=args.step,
+        template=args.template,
+        temperature=args.temperature,
+        model=args.model,
+    )
+    payload = json.dumps(result.to_json(), indent=2)
+    if args.output:
+        Path(args.output).write_text(payload)
+    if args.format == "json":
+        console.print_json(payload)
+    else:
+        console.print(f"MoDE step {result.step_id!r}, {len(result.classes)} class names, encoder {result.model}")
+        console.print("task weights per expert: " + ", ".join(f"{e}: {w:.4f}" for e, w in enumerate(result.task)))
     return 0
 
 
@@ -202,6 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="e.g. --rename clip_image_emb=l14_img --rename clip_score=clip_l14_similarity_score",
     )
     p.set_defaults(func=_cmd_export_npz)
+
+    p = sub.add_parser("mode-weights", help="MoDE ensemble weights of the experts for a task's class names")
+    p.add_argument("run", help="a finished run whose recipe has a mode step")
+    p.add_argument("--classes", required=True, help="a file (one name per line, or a JSON list) or 'cat,dog,...'")
+    p.add_argument("--step", help="the mode step's id, if the recipe has several")
+    p.add_argument("--template", default="{}", help="how a class name is phrased, e.g. 'a photo of a {}'")
+    p.add_argument("--temperature", type=float, default=0.1, help="softmax temperature over the fine centres")
+    p.add_argument("--model", help="text encoder, if the run's recipe has no text_embed step for the column")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--output", help="also write the weights as JSON to this file")
+    p.set_defaults(func=_cmd_mode_weights)
 
     p = sub.add_parser("demo", help="make a synthetic pool and run the demo recipe on it")
     p.add_argument("--output", default="demo")

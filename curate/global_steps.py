@@ -35,7 +35,14 @@ def global_steps(recipe: Recipe) -> list[StepSpec]:
 
 
 def streaming_steps(recipe: Recipe) -> list[StepSpec]:
-    return [s for s in recipe.steps if not get_step(s.name).global_decision]
+    """Steps that run per batch in the streaming pass: every per-batch step, plus the global steps
+    whose class sets ``annotates_in_stream`` (their ``__call__`` annotates in parallel workers, e.g.
+    MetaCLIP's entry matching, so that the global phase only counts and decides)."""
+    return [
+        s
+        for s in recipe.steps
+        if not get_step(s.name).global_decision or getattr(get_step(s.name).cls, "annotates_in_stream", False)
+    ]
 
 
 def stage_dir(run: RunDir) -> Path:

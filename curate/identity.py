@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
+
+import numpy as np
 
 _UID_RE = re.compile(r"^[0-9a-f]{32}$")
 
@@ -40,3 +43,27 @@ def uid_to_u64_pair(uid: str) -> tuple[int, int]:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a well-mixed 64-bit hash of each value (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        z = x + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def seeded_uniform(uids: Sequence[str], seed: int, salt: int | np.ndarray = 0) -> np.ndarray:
+    """A uniform draw in [0, 1) per uid, fixed by (uid, seed, salt): the same sample gets the same
+    draw on every worker, attempt and resume, whatever the batch boundaries. ``salt`` (a scalar or
+    an int array aligned with ``uids``) gives independent draws for one sample, e.g. one per entry.
+    """
+    keys = np.fromiter((int(u[:16], 16) ^ int(u[16:32], 16) for u in uids), dtype=np.uint64, count=len(uids))
+    salts = np.broadcast_to(np.asarray(salt, dtype=np.int64).astype(np.uint64), keys.shape)
+    seed_key = _splitmix64(np.array([seed], dtype=np.int64).astype(np.uint64))[0]
+    h = _splitmix64(_splitmix64(keys ^ seed_key) ^ _splitmix64(salts))
+    return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53

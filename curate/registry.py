@@ -22,6 +22,9 @@ _BUILTIN_MODULES = (
     "filters.text_based",
     "filters.text_embed",
     "filters.subset",
+    "filters.mode",
+    "filters.semdedup",
+    "filters.metaclip",
     "curate.pack.tokenize",
     "curate.pack.decompose_step",
 )

@@ -42,3 +42,11 @@ def print_summary(console: Console, result) -> None:
         highlight=False,
         soft_wrap=True,
     )
+    if "splits" in stats:
+        folder = run.root / stats["splits"]["folder"]
+        sets = ", ".join(f"{value}: {n}" for value, n in stats["splits"]["samples"].items())
+        console.print(
+            f"  splits:  {folder}/<value>/{{{0:08d}..{last:08d}}}.tar  (samples per set: {sets})",
+            highlight=False,
+            soft_wrap=True,
+        )

@@ -33,6 +33,7 @@ from curate.global_steps import (
 )
 from curate.readers.base import ShardRef, list_shards, preflight, read_shard
 from curate.rundir import RunDir, atomic_write_text, recipe_fingerprint
+from curate.splits import finish_splits
 from curate.stats import merge_counters
 from curate.subset import export_run_subset
 from curate.writer import assemble_shard, finalize_shard, write_parts
@@ -168,6 +169,8 @@ def _write_summary(recipe: Recipe, run: RunDir, shards: list[ShardRef]) -> dict:
     elif recipe.output.layout == "samples":
         sizes = {m["shard"]: m["samples_written"] for m in sorted(markers, key=lambda m: m["shard_index"])}
         atomic_write_text(run.shards / "sizes.json", json.dumps(sizes, indent=2))
+    if recipe.output.split is not None:
+        stats["splits"] = {"folder": recipe.output.split.folder, "samples": finish_splits(run, recipe.output, markers)}
     shard_rows = [
         {
             "shard": m["shard"],

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from curate.crashpoints import crash_point
 from curate.rundir import RunDir, atomic_write_text
+from curate.splits import split_finals, split_members
 from curate.stats import shard_counters
 from schemas.recipe import OutputSpec
 from schemas.tables import HEAVY_COLUMNS, RUNNER_COLUMNS
@@ -92,7 +93,7 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _write_tar(path: Path, rows: pa.Table, caption_field: str) -> int:
+def write_tar(path: Path, rows: pa.Table, caption_field: str) -> int:
     """Write the kept rows as samples; a ``repeat`` column (DataComp subsets with duplicates)
     writes a sample that many times, the copies keyed ``{key}_{j}``. Returns samples written."""
     written = 0
@@ -168,16 +169,31 @@ def finalize_table(run: RunDir, shard_index: int, table: pa.Table, output: Outpu
 
         write_chunk_file(tmp["chunks"], kept)
     elif output.layout == "samples":
-        written = _write_tar(tmp[".tar"], kept, output.caption_field)
+        written = write_tar(tmp[".tar"], kept, output.caption_field)
     # The sidecar is metadata: image bytes live in the tar, token ids in the bucket shards.
     heavy = [c for c in (*HEAVY_COLUMNS, *RUNNER_COLUMNS, "tokens") if c in table.column_names]
     pq.write_table(table.drop_columns(heavy), tmp[".parquet"])
+    split_counts = {}
+    if output.split is not None:
+        members = split_members(kept, output.split.column)
+        split_paths = split_finals(run, output, name, list(members))
+        for (value, ext), path in split_paths.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            final[(value, ext)] = path
+            tmp[(value, ext)] = path.with_name(f".{path.name}.tmp")
+            rows = kept.take(members[value])
+            if ext == ".tar":
+                write_tar(tmp[(value, ext)], rows, output.caption_field)
+            else:
+                pq.write_table(rows.drop_columns(heavy), tmp[(value, ext)])
+        split_counts = {value: len(rows) for value, rows in members.items()}
     counters = {
         "shard": f"{name}.tar",
         "shard_index": shard_index,
         "source": table["source"][0].as_py(),
         **shard_counters(table, step_ids),
         "samples_written": written,
+        **({"splits": split_counts} if output.split is not None else {}),
     }
     tmp["_stats.json"].write_text(
         json.dumps({"successes": written, "count": table.num_rows, "kept": kept.num_rows}, indent=2)

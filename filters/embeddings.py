@@ -6,8 +6,9 @@ import numpy as np
 import pyarrow as pa
 
 
-def column_to_matrix(column: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
-    """A (fixed-size) list column of floats as a float32 (N, D) matrix; rejects nulls and NaNs."""
+def column_to_matrix(column: pa.ChunkedArray | pa.Array, name: str, *, allow_non_finite: bool = False) -> np.ndarray:
+    """A (fixed-size) list column of floats as a float32 (N, D) matrix; rejects nulls and, unless
+    ``allow_non_finite``, NaNs and infinities."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if not (pa.types.is_fixed_size_list(column.type) or pa.types.is_list(column.type)):
@@ -18,7 +19,7 @@ def column_to_matrix(column: pa.ChunkedArray | pa.Array, name: str) -> np.ndarra
         return np.zeros((0, 0), np.float32)
     flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     matrix = flat.reshape(len(column), -1)
-    if not np.isfinite(matrix).all():
+    if not allow_non_finite and not np.isfinite(matrix).all():
         bad = int((~np.isfinite(matrix)).any(axis=1).sum())
         raise ValueError(f"embedding column {name!r} has {bad} rows with NaN or infinite values")
     return matrix

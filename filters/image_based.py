@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curate.registry import register_step
 from filters.basic import detect_language
+from filters.clustering import CentroidIndex, fit_sample, spherical_kmeans
 from filters.embeddings import column_to_matrix, load_reference_embeddings, normalize_rows
 
 logger = logging.getLogger(__name__)
@@ -52,18 +53,13 @@ class ImageBasedParams(BaseModel):
 
 
 @cache
-def _load_centroids(path: str) -> np.ndarray:
-    return np.load(path)
+def _centroid_index(path: str) -> CentroidIndex:
+    return CentroidIndex(np.load(path))
 
 
 def nearest_centroid(embeddings: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Index of the most similar centroid (inner product on normalised vectors), as DataComp does."""
-    import faiss
-
-    index = faiss.IndexFlatIP(centroids.shape[1])
-    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    _, ids = index.search(np.ascontiguousarray(embeddings, dtype=np.float32), 1)
-    return ids[:, 0]
+    return CentroidIndex(centroids).nearest(embeddings)[0]
 
 
 def caption_ok(captions: list[str | None]) -> list[str | None]:
@@ -101,41 +97,24 @@ class ImageBasedFilter:
         return np.asarray(embedder.encode_texts(list(p.reference_prompts or [])), np.float32)
 
     def global_state(self, con: duckdb.DuckDBPyConnection, artifacts: Path) -> dict:
-        import faiss
-
         p = self.params
-        column = p.embedding_column.replace('"', '""')
-        try:
-            # A deterministic sample of bounded size: the max_fit_samples rows with the smallest seeded
-            # hash of their uid (DuckDB keeps only that many rows while it scans).
-            table = con.sql(
-                f'SELECT "{column}" AS e FROM staged WHERE "{column}" IS NOT NULL '
-                f"ORDER BY hash(uid, {int(p.seed)}), uid LIMIT {int(p.max_fit_samples)}"
-            ).to_arrow_table()
-        except duckdb.BinderException as exc:
-            raise ValueError(f"embedding_column: value {p.embedding_column!r} is not a column: {exc}") from None
-        vectors = normalize_rows(column_to_matrix(table["e"], p.embedding_column))
-        if len(vectors) < p.num_clusters:
-            raise ValueError(
-                f"num_clusters: value {p.num_clusters} is more than the {len(vectors)} embeddings in the pool; "
-                "lower it (k-means needs at least one sample per cluster, ideally 40)"
-            )
-        kmeans = faiss.Kmeans(vectors.shape[1], p.num_clusters, niter=p.iterations, seed=p.seed, spherical=True)
-        kmeans.train(vectors)
+        vectors, skipped = fit_sample(con, p.embedding_column, seed=p.seed, limit=p.max_fit_samples)
+        centroids = spherical_kmeans(vectors, p.num_clusters, iterations=p.iterations, seed=p.seed)
         references = normalize_rows(self._references())
         if references.shape[1] != vectors.shape[1]:
             raise ValueError(
                 f"reference embeddings have {references.shape[1]} dimensions, the pool's {p.embedding_column} "
                 f"has {vectors.shape[1]}: they must come from the same model"
             )
-        targets = sorted({int(i) for i in nearest_centroid(references, kmeans.centroids)})
+        targets = sorted({int(i) for i in nearest_centroid(references, centroids)})
         artifacts.mkdir(parents=True, exist_ok=True)
         centroids_path = artifacts / "centroids.npy"
-        np.save(centroids_path, kmeans.centroids)
+        np.save(centroids_path, centroids)
         return {
             "centroids": str(centroids_path),
             "target_clusters": targets,
             "fit_samples": len(vectors),
+            "fit_skipped_non_finite": skipped,
             "references": len(references),
             "num_clusters": p.num_clusters,
         }
@@ -146,10 +125,9 @@ class ImageBasedFilter:
         if n == 0:
             clusters = np.zeros(0, np.int64)
         else:
-            clusters = nearest_centroid(
-                normalize_rows(column_to_matrix(batch[p.embedding_column], p.embedding_column)),
-                _load_centroids(state["centroids"]),
-            )
+            clusters = _centroid_index(state["centroids"]).nearest(
+                normalize_rows(column_to_matrix(batch[p.embedding_column], p.embedding_column))
+            )[0]
         targets = set(state["target_clusters"])
         caption_reasons = caption_ok(batch["caption"].to_pylist()) if p.caption_filter else [None] * n
         reasons = [

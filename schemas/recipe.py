@@ -41,6 +41,14 @@ class InputSpec(StrictModel):
     samples_per_shard: PositiveInt = 10_000
 
 
+class SplitSpec(StrictModel):
+    """Also write one shard set per value of ``column`` (an int/string column, or a list of them for a
+    sample in several sets, e.g. MoDE's ``mode_experts``): ``<folder>/<value>/NNNNNNNN.tar``."""
+
+    column: str
+    folder: str = Field(default="splits", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
 class OutputSpec(StrictModel):
     path: str | None = None
     # The column whose text goes into each sample's ``txt`` member (what training reads).
@@ -52,6 +60,7 @@ class OutputSpec(StrictModel):
     tokens_per_shard: PositiveInt = 2**20  # bucket shards hold about this many tokens
     tokens_per_batch: PositiveInt = 2**14  # the loader's constant tokens per step
     curriculum: Literal["grow_p2", "uniform"] = "grow_p2"
+    split: SplitSpec | None = None  # e.g. one shard set per MoDE data expert
 
 
 class RaySettings(StrictModel):
@@ -135,6 +144,8 @@ class Recipe(StrictModel):
                 "output.layout: value 'samples' writes images, but DataComp metadata (input.format datacomp) has "
                 "none; use layout 'metadata', then reshard the exported subset against the downloaded pool"
             )
+        if self.output.split is not None and self.output.layout == "buckets":
+            raise ValueError("output.split: bucket layouts cannot be split; use layout 'samples' or 'metadata'")
         if self.output.layout == "buckets":
             names = [s.name for s in self.steps]
             if "tokenize" not in names or "decompose" not in names:

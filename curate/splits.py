@@ -1,0 +1,78 @@
+"""Shard sets split by a column (``output.split``), e.g. one training set per MoDE data expert.
+
+For every input shard, each value of the split column that its kept samples carry gets
+``<folder>/<value>/NNNNNNNN.tar`` and ``.parquet`` (the same samples, keys and json as in the main
+shards). A list column puts a sample in several sets. The files are written beside the main
+shard's and renamed with them, before the done-marker, so resume covers them. When the run ends,
+every set gets an (empty) shard for any input shard that had none of its samples, so that one
+brace pattern ``{00000000..NNNNNNNN}.tar`` names each set, and a ``sizes.json`` like the main one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate.rundir import RunDir, atomic_write_text
+from schemas.recipe import OutputSpec
+
+_SAFE_VALUE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def split_members(kept: pa.Table, column: str) -> dict[str, np.ndarray]:
+    """Row indices of ``kept`` per value of ``column`` (int/string, or a list of them)."""
+    if column not in kept.column_names:
+        raise ValueError(f"output.split.column: value {column!r} is not a column; columns: {kept.column_names}")
+    values = kept[column].to_pylist()
+    members: dict[str, list[int]] = {}
+    for row, value in enumerate(values):
+        for v in value if isinstance(value, list) else [value]:
+            if v is None:
+                continue
+            name = str(v)
+            if not _SAFE_VALUE.match(name):
+                raise ValueError(f"output.split.column: value {name!r} of {column!r} cannot name a folder")
+            members.setdefault(name, []).append(row)
+    return {name: np.asarray(rows, dtype=np.int64) for name, rows in sorted(members.items())}
+
+
+def split_folder(run: RunDir, output: OutputSpec, value: str) -> Path:
+    assert output.split is not None
+    return run.root / output.split.folder / value
+
+
+def split_finals(run: RunDir, output: OutputSpec, name: str, values: list[str]) -> dict[tuple[str, str], Path]:
+    """Final paths of one shard's split files, keyed (value, extension)."""
+    exts = (".parquet", ".tar") if output.layout == "samples" else (".parquet",)
+    return {(v, ext): split_folder(run, output, v) / f"{name}{ext}" for v in values for ext in exts}
+
+
+def finish_splits(run: RunDir, output: OutputSpec, markers: list[dict]) -> dict[str, int]:
+    """Fill the gaps (empty shards) and write each set's sizes.json; returns samples per set."""
+    from curate.writer import write_tar
+
+    if output.split is None:
+        return {}
+    values = sorted({v for m in markers for v in m.get("splits", {})})
+    totals = {}
+    for value in values:
+        folder = split_folder(run, output, value)
+        folder.mkdir(parents=True, exist_ok=True)
+        sizes = {}
+        for m in sorted(markers, key=lambda m: m["shard_index"]):
+            stem = m["shard"].removesuffix(".tar")
+            count = m.get("splits", {}).get(value, 0)
+            if not count:
+                schema = pq.read_schema(run.shards / f"{stem}.parquet")
+                pq.write_table(schema.empty_table(), folder / f"{stem}.parquet")
+                if output.layout == "samples":
+                    write_tar(folder / f"{stem}.tar", schema.empty_table(), output.caption_field)
+            sizes[m["shard"]] = count
+        atomic_write_text(folder / "sizes.json", json.dumps(sizes, indent=2))
+        totals[value] = sum(sizes.values())
+    return totals
