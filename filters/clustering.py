@@ -12,6 +12,9 @@
   its remaining room. It is the vectorised cousin of the auction algorithm the MoDE reference
   uses: not an exact optimum, but every point lands in one of its few nearest clusters and sizes
   are equal by construction.
+- ``fit_prices``: after training, per-centre prices (the dual variables of the balanced
+  assignment, as an auction computes them) so that streaming assignment, one row at a time,
+  ``argmax(similarity - price)`` over a row's nearest candidates, keeps clusters about equal.
 - ``CentroidIndex``: nearest centre (inner product) for streaming assignment.
 """
 
@@ -151,11 +154,51 @@ def balanced_assign(vectors: np.ndarray, centroids: np.ndarray, *, candidates: i
     return assigned
 
 
+def cluster_sums(vectors: np.ndarray, assigned: np.ndarray, num_clusters: int) -> np.ndarray:
+    """Per-cluster sums of the vectors (torch's index_add_: ~20x faster than numpy's add.at)."""
+    import torch
+
+    sums = torch.zeros((num_clusters, vectors.shape[1]), dtype=torch.float32)
+    sums.index_add_(0, torch.from_numpy(np.ascontiguousarray(assigned, np.int64)), torch.from_numpy(vectors))
+    return sums.numpy()
+
+
+def fit_prices(sims: np.ndarray, ids: np.ndarray, num_clusters: int, *, iterations: int = 300) -> np.ndarray:
+    """Per-centre prices that make ``argmax(similarity - price)`` over each point's candidate centres
+    (``ids``, with ``sims``; both (N, m)) give clusters of about equal size: the dual variables of
+    the balanced assignment, as the auction algorithm computes them. Found by damped ascent: an
+    oversized cluster's price rises by the log of its excess, scaled to the typical similarity
+    gap between a point's two best centres. Streaming assignment then stays balanced, one row at a
+    time, with no capacity bookkeeping across workers."""
+    n = len(ids)
+    prices = np.zeros(num_clusters, np.float32)
+    if n == 0 or ids.shape[1] < 2:
+        return prices
+    target = n / num_clusters
+    gap = max(float(np.median(sims[:, 0] - sims[:, 1])), 1e-4)
+    rows = np.arange(n)
+    for it in range(iterations):
+        chosen = ids[rows, np.argmax(sims - prices[ids], axis=1)]
+        sizes = np.bincount(chosen, minlength=num_clusters)
+        excess = np.clip(np.log(np.maximum(sizes, 1) / target), -1.0, 1.0)
+        prices += np.float32(0.5 * gap * 0.995**it) * excess.astype(np.float32)
+    return prices
+
+
+def priced_choice(sims: np.ndarray, ids: np.ndarray, prices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(centre ids, their similarities) of ``argmax(similarity - price)`` among each row's candidates."""
+    best = np.argmax(sims - prices[ids], axis=1)
+    rows = np.arange(len(ids))
+    return ids[rows, best], sims[rows, best]
+
+
 @dataclass(frozen=True)
 class BalancedFit:
     centroids: np.ndarray  # (k, D) unit rows
+    prices: np.ndarray  # (k,) see fit_prices
     nearest_sizes: np.ndarray  # cluster sizes when the fit sample is assigned to its nearest centre
-    balanced_sizes: np.ndarray  # cluster sizes of the last balanced assignment
+    priced_sizes: np.ndarray  # ... to argmax(similarity - price), as the streaming pass does
+    balanced_sizes: np.ndarray  # cluster sizes of the last balanced (capacity) assignment
 
 
 def balanced_kmeans(
@@ -169,20 +212,24 @@ def balanced_kmeans(
     field: str = "num_clusters",
 ) -> BalancedFit:
     """Spherical k-means (``iterations`` faiss rounds), then ``balance_iterations`` Lloyd rounds
-    whose assignment is ``balanced_assign``; a centre that ends a round empty keeps its place."""
+    whose assignment is ``balanced_assign`` (a centre that ends a round empty keeps its place),
+    then the prices that keep a one-row-at-a-time assignment balanced (``fit_prices``)."""
     centroids = spherical_kmeans(vectors, num_clusters, iterations=iterations, seed=seed, field=field)
     assigned = np.zeros(0, np.int64)
     for round_ in range(balance_iterations):
         assigned = balanced_assign(vectors, centroids, candidates=candidates)
-        sums = np.zeros_like(centroids)
-        np.add.at(sums, assigned, vectors)
+        sums = cluster_sums(vectors, assigned, num_clusters)
         filled = np.linalg.norm(sums, axis=1) > 0
         centroids = np.where(filled[:, None], normalize_rows(sums), centroids).astype(np.float32)
         logger.debug("balanced k-means round %d of %d", round_ + 1, balance_iterations)
-    nearest, _ = CentroidIndex(centroids).nearest(vectors)
+    sims, ids = CentroidIndex(centroids).search(vectors, min(candidates, num_clusters))
+    prices = fit_prices(sims, ids, num_clusters)
+    priced, _ = priced_choice(sims, ids, prices)
     return BalancedFit(
         centroids=centroids,
-        nearest_sizes=np.bincount(nearest, minlength=num_clusters),
+        prices=prices,
+        nearest_sizes=np.bincount(ids[:, 0], minlength=num_clusters),
+        priced_sizes=np.bincount(priced, minlength=num_clusters),
         balanced_sizes=np.bincount(assigned, minlength=num_clusters) if len(assigned) else np.zeros(0, np.int64),
     )
 

@@ -6,9 +6,14 @@ Global step. ``global_state`` fits on a bounded, seeded sample of the pool:
   assignment while the centres train, so that no fine cluster dominates (``filters.clustering``);
 - coarse level: spherical k-means of the fine centres into ``coarse_clusters`` (4) experts; each
   fine centre maps to one expert.
-The centres and the fine-to-expert map are saved under ``artifacts/<step id>/`` and stay after
-the run: ``curate mode-weights`` turns them into ensemble weights for a task's class names.
-``decide`` then streams over the pool shard by shard: each sample gets its nearest fine centre
+Then per-centre prices are fitted so that the streaming assignment, ``argmax(similarity -
+price)`` over a sample's ``candidates`` nearest centres, keeps the fine clusters about equal
+(``assignment: balanced``; ``nearest`` is the plain nearest centre, which lets the clusters of
+frequent topics grow again). The centres, prices and the fine-to-expert map are saved under
+``artifacts/<step id>/`` and stay after the run: ``curate mode-weights`` turns them into
+ensemble weights for a task's class names.
+
+``decide`` then streams over the pool shard by shard: each sample gets its fine centre
 (``{prefix}_fine``), that centre's expert (``{prefix}_expert``), the cosine distance to the centre
 (``{prefix}_distance``) and the experts whose training set it is in (``{prefix}_experts``: its own
 and, each with probability ``out_of_cluster_share``, every other one, drawn from the uid and seed
@@ -22,6 +27,7 @@ import json
 import logging
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 import duckdb
 import numpy as np
@@ -30,12 +36,19 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curate.identity import seeded_uniform
 from curate.registry import register_step
-from filters.clustering import CentroidIndex, balanced_kmeans, fit_sample, size_spread, spherical_kmeans
+from filters.clustering import (
+    CentroidIndex,
+    balanced_kmeans,
+    fit_sample,
+    priced_choice,
+    size_spread,
+    spherical_kmeans,
+)
 from filters.embeddings import column_to_matrix, normalize_rows
 
 logger = logging.getLogger(__name__)
 
-ARTIFACT_FILES = ("fine_centroids.npy", "coarse_centroids.npy", "fine_to_expert.npy", "mode.json")
+ARTIFACT_FILES = ("fine_centroids.npy", "fine_prices.npy", "coarse_centroids.npy", "fine_to_expert.npy", "mode.json")
 
 
 class ModeParams(BaseModel):
@@ -45,7 +58,12 @@ class ModeParams(BaseModel):
     coarse_clusters: int = Field(default=4, ge=1, description="coarse level: data experts (2..32 in the paper)")
     iterations: int = Field(default=20, ge=1, description="plain k-means rounds that start the fine level")
     balance_iterations: int = Field(default=10, ge=0, description="equal-capacity rounds after those")
-    candidates: int = Field(default=16, ge=1, description="nearest centres a point may be balanced into")
+    candidates: int = Field(default=16, ge=2, description="nearest centres a point may be balanced into")
+    assignment: Literal["balanced", "nearest"] = Field(
+        default="balanced",
+        description="balanced: argmax(similarity - price) over the candidates, keeping fine clusters about "
+        "equal in the streaming pass too; nearest: the plain nearest centre",
+    )
     coarse_iterations: int = Field(default=50, ge=1)
     max_fit_samples: int = Field(default=262_144, ge=1, description="the fit uses a seeded sample this big")
     out_of_cluster_share: float = Field(default=0.02, ge=0.0, le=1.0, description="of other experts' samples")
@@ -63,8 +81,10 @@ class ModeParams(BaseModel):
 
 
 @cache
-def _load_model(folder: str) -> tuple[CentroidIndex, np.ndarray]:
-    return CentroidIndex(np.load(Path(folder) / "fine_centroids.npy")), np.load(Path(folder) / "fine_to_expert.npy")
+def _load_model(folder: str) -> tuple[CentroidIndex, np.ndarray, np.ndarray]:
+    root = Path(folder)
+    index = CentroidIndex(np.load(root / "fine_centroids.npy"))
+    return index, np.load(root / "fine_prices.npy"), np.load(root / "fine_to_expert.npy")
 
 
 def expert_memberships(uids: list[str], experts: np.ndarray, num_experts: int, share: float, seed: int) -> list:
@@ -103,9 +123,10 @@ class MoDEClusterer:
         )
         coarse = spherical_kmeans(fit.centroids, p.coarse_clusters, iterations=p.coarse_iterations, seed=p.seed)
         fine_to_expert, _ = CentroidIndex(coarse).nearest(fit.centroids)
-        sample_experts = fine_to_expert[CentroidIndex(fit.centroids).nearest(vectors)[0]]
+        sample_sizes = fit.priced_sizes if p.assignment == "balanced" else fit.nearest_sizes
         artifacts.mkdir(parents=True, exist_ok=True)
         np.save(artifacts / "fine_centroids.npy", fit.centroids)
+        np.save(artifacts / "fine_prices.npy", fit.prices if p.assignment == "balanced" else np.zeros_like(fit.prices))
         np.save(artifacts / "coarse_centroids.npy", coarse)
         np.save(artifacts / "fine_to_expert.npy", fine_to_expert.astype(np.int32))
         state = {
@@ -115,21 +136,28 @@ class MoDEClusterer:
             "coarse_clusters": p.coarse_clusters,
             "fit_samples": len(vectors),
             "fit_skipped_non_finite": skipped,
-            # Spread of fine-cluster sizes on the fit sample: under the balanced assignment the centres
-            # were trained with, and under the nearest-centre assignment every sample then gets.
-            "fine_sizes_balanced": size_spread(fit.balanced_sizes),
+            "assignment": p.assignment,
+            # Spread of fine-cluster sizes on the fit sample: under the capacity assignment the centres
+            # were trained with, under the priced assignment (what "balanced" streams) and the nearest.
+            "fine_sizes_capacity": size_spread(fit.balanced_sizes),
+            "fine_sizes_priced": size_spread(fit.priced_sizes),
             "fine_sizes_nearest": size_spread(fit.nearest_sizes),
             "fine_clusters_per_expert": np.bincount(fine_to_expert, minlength=p.coarse_clusters).tolist(),
-            "fit_samples_per_expert": np.bincount(sample_experts, minlength=p.coarse_clusters).tolist(),
+            "fit_samples_per_expert": np.bincount(fine_to_expert, weights=sample_sizes, minlength=p.coarse_clusters)
+            .astype(int)
+            .tolist(),
         }
         (artifacts / "mode.json").write_text(json.dumps(state, indent=2))
         return state
 
     def decide(self, batch: pa.Table, state: dict) -> pa.Table:
         p = self.params
-        index, fine_to_expert = _load_model(state["artifacts"])
+        index, prices, fine_to_expert = _load_model(state["artifacts"])
         vectors = normalize_rows(column_to_matrix(batch[p.embedding_column], p.embedding_column))
-        fine, sims = index.nearest(vectors)
+        if p.assignment == "nearest" or not len(vectors):
+            fine, sims = index.nearest(vectors)
+        else:
+            fine, sims = priced_choice(*index.search(vectors, min(p.candidates, len(prices))), prices)
         experts = fine_to_expert[fine]
         members = expert_memberships(
             batch["uid"].to_pylist(), experts, state["coarse_clusters"], p.out_of_cluster_share, p.seed

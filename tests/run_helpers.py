@@ -81,3 +81,14 @@ def sample_table(captions: list, statuses: list | None = None, metas: list | Non
         for i, (c, s, m) in enumerate(zip(captions, statuses, metas, strict=True))
     ]
     return rows_to_sample_table(rows)
+
+
+def run_in_process(recipe_name: str, pattern: str, out: Path, overrides: list[str] | None = None):
+    """A built-in recipe run in the test process (on the session's Ray), progress bars off."""
+    from curate.config import load_recipe
+    from curate.runner import run_recipe
+
+    recipe = load_recipe(
+        recipe_name, [*(overrides or []), "ray.progress_bars=false"], input_path=pattern, output_path=str(out)
+    )
+    return run_recipe(recipe)

@@ -14,6 +14,7 @@ from filters.clustering import (
     balanced_kmeans,
     check_cluster_count,
     fit_sample,
+    priced_choice,
     size_spread,
     spherical_kmeans,
 )
@@ -49,6 +50,20 @@ def test_balanced_kmeans_evens_out_what_plain_kmeans_does_not():
     assert size_spread(fit.balanced_sizes)["cv"] < 0.05
     assert size_spread(fit.nearest_sizes)["cv"] < size_spread(plain)["cv"]
     assert np.allclose(np.linalg.norm(fit.centroids, axis=1), 1.0, atol=1e-5)
+
+
+def test_prices_keep_streaming_assignment_balanced_on_unseen_rows():
+    rng = np.random.default_rng(2)
+    x = _skewed(rng, n=12000)
+    fit, held_out = balanced_kmeans(x[:6000], 40, iterations=20, balance_iterations=5, seed=0), x[6000:]
+    sims, ids = CentroidIndex(fit.centroids).search(held_out, 16)
+    priced = np.bincount(priced_choice(sims, ids, fit.prices)[0], minlength=40)
+    nearest = np.bincount(ids[:, 0], minlength=40)
+    assert size_spread(fit.priced_sizes)["cv"] < 0.5 * size_spread(fit.nearest_sizes)["cv"]
+    assert size_spread(priced)["cv"] < 0.6 * size_spread(nearest)["cv"], (size_spread(priced), size_spread(nearest))
+    # The price of balance: a row's centre is a little less similar than its nearest one.
+    chosen_sims = priced_choice(sims, ids, fit.prices)[1]
+    assert chosen_sims.mean() > sims[:, 0].mean() - 0.05
 
 
 def test_fewer_points_than_clusters_is_a_clear_error():

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from cluster_helpers import sample_table, staged_connection, unit_rows
+from run_helpers import run_in_process
 
 import filters.semdedup as semdedup_module
 from curate.steps import apply_global_decision
@@ -112,17 +113,8 @@ def test_bad_parameters_fail_before_any_work(tmp_path):
 
 @pytest.fixture(scope="module")
 def semdedup_run(ray_session, small_pool_pattern, tmp_path_factory):
-    from curate.config import load_recipe
-    from curate.runner import run_recipe
-
     out = tmp_path_factory.mktemp("run_semdedup")
-    recipe = load_recipe(
-        "semdedup",
-        ["steps.semdedup.params.num_clusters=20", "ray.progress_bars=false"],
-        input_path=small_pool_pattern,
-        output_path=str(out),
-    )
-    return run_recipe(recipe)
+    return run_in_process("semdedup", small_pool_pattern, out, ["steps.semdedup.params.num_clusters=20"])
 
 
 def test_injected_near_duplicates_are_caught(semdedup_run, small_pool):
