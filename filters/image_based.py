@@ -12,7 +12,6 @@ more than one word, more than 5 characters. The centroids are saved under the ru
 from __future__ import annotations
 
 import logging
-from functools import cache
 from pathlib import Path
 
 import duckdb
@@ -52,11 +51,6 @@ class ImageBasedParams(BaseModel):
         return self
 
 
-@cache
-def _centroid_index(path: str) -> CentroidIndex:
-    return CentroidIndex(np.load(path))
-
-
 def nearest_centroid(embeddings: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Index of the most similar centroid (inner product on normalised vectors), as DataComp does."""
     return CentroidIndex(centroids).nearest(embeddings)[0]
@@ -83,6 +77,7 @@ class ImageBasedFilter:
 
     def __init__(self, params: ImageBasedParams):
         self.params = params
+        self._index: tuple[str, CentroidIndex] | None = None  # loaded once per step object (one run)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return batch  # decides in decide(), once the pool's clusters exist
@@ -125,7 +120,9 @@ class ImageBasedFilter:
         if n == 0:
             clusters = np.zeros(0, np.int64)
         else:
-            clusters = _centroid_index(state["centroids"]).nearest(
+            if self._index is None or self._index[0] != state["centroids"]:
+                self._index = (state["centroids"], CentroidIndex(np.load(state["centroids"])))
+            clusters = self._index[1].nearest(
                 normalize_rows(column_to_matrix(batch[p.embedding_column], p.embedding_column))
             )[0]
         targets = set(state["target_clusters"])

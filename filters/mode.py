@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-from functools import cache
 from pathlib import Path
 from typing import Literal
 
@@ -80,7 +79,6 @@ class ModeParams(BaseModel):
         return self
 
 
-@cache
 def _load_model(folder: str) -> tuple[CentroidIndex, np.ndarray, np.ndarray]:
     root = Path(folder)
     index = CentroidIndex(np.load(root / "fine_centroids.npy"))
@@ -103,6 +101,8 @@ class MoDEClusterer:
 
     def __init__(self, params: ModeParams):
         self.params = params
+        # Loaded once per step object (one run), never across runs that reuse a folder path.
+        self._model: tuple[str, tuple[CentroidIndex, np.ndarray, np.ndarray]] | None = None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return batch  # assigns in decide(), once the centres exist
@@ -152,7 +152,9 @@ class MoDEClusterer:
 
     def decide(self, batch: pa.Table, state: dict) -> pa.Table:
         p = self.params
-        index, prices, fine_to_expert = _load_model(state["artifacts"])
+        if self._model is None or self._model[0] != state["artifacts"]:
+            self._model = (state["artifacts"], _load_model(state["artifacts"]))
+        index, prices, fine_to_expert = self._model[1]
         vectors = normalize_rows(column_to_matrix(batch[p.embedding_column], p.embedding_column))
         if p.assignment == "nearest" or not len(vectors):
             fine, sims = index.nearest(vectors)

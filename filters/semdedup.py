@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -122,7 +121,6 @@ def _dedup_cluster(members: pa.Table) -> pa.Table:
     )
 
 
-@lru_cache(maxsize=2)
 def _shard_annotations(folder: str, shard_index: int) -> dict[str, tuple]:
     files = sorted(Path(folder, f"shard_index={shard_index}").glob("*.parquet"))
     if not files:
@@ -138,6 +136,14 @@ class SemDeDup:
 
     def __init__(self, params: SemDeDupParams):
         self.params = params
+        # The last shard's annotations, kept on the step object (one run): a batch retried row by
+        # row looks them up once, not once per row.
+        self._annotations: tuple[str, int, dict[str, tuple]] | None = None
+
+    def _lookup(self, folder: str, shard_index: int) -> dict[str, tuple]:
+        if self._annotations is None or self._annotations[:2] != (folder, shard_index):
+            self._annotations = (folder, shard_index, _shard_annotations(folder, shard_index))
+        return self._annotations[2]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return batch  # decides in decide(), once every cluster has been compared
@@ -266,7 +272,7 @@ class SemDeDup:
             if not eligible:
                 found.append((None, None, None, None))
                 continue
-            row = _shard_annotations(state["annotations"], int(shard)).get(uid)
+            row = self._lookup(state["annotations"], int(shard)).get(uid)
             if row is None:
                 raise ValueError(f"no semdedup annotation for kept row {uid}: was the stage changed after the fit?")
             found.append(row)
