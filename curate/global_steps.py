@@ -30,6 +30,11 @@ from schemas.recipe import Recipe, StepSpec
 logger = logging.getLogger(__name__)
 
 
+def quote_identifier(name: str) -> str:
+    """A column name as a DuckDB identifier for SQL over ``staged`` (any characters, quotes escaped)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def global_steps(recipe: Recipe) -> list[StepSpec]:
     return [s for s in recipe.steps if get_step(s.name).global_decision]
 

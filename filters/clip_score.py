@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
+from curate.global_steps import quote_identifier
 from curate.registry import register_step
 
 logger = logging.getLogger(__name__)
@@ -69,14 +70,13 @@ class ClipScoreFraction:
         return batch  # decides in decide(), once the pool-wide threshold is known
 
     def global_state(self, con: duckdb.DuckDBPyConnection, artifacts: Path) -> dict:
-        column = self.params.score_column.replace('"', '""')
+        column = quote_identifier(self.params.score_column)
         try:
             # fetchall: DuckDB 2 keeps a connection busy until a result is fully fetched.
             ((pool,),) = con.execute("SELECT count(*) FROM staged").fetchall()
             index = int(pool * self.params.fraction)
             rows = con.execute(
-                f'SELECT "{column}" FROM staged WHERE "{column}" IS NOT NULL ORDER BY "{column}" DESC '
-                f"LIMIT 1 OFFSET {index}"
+                f"SELECT {column} FROM staged WHERE {column} IS NOT NULL ORDER BY {column} DESC LIMIT 1 OFFSET {index}"
             ).fetchall()
         except duckdb.BinderException as exc:
             raise ValueError(f"score_column: value {self.params.score_column!r} is not a column: {exc}") from None

@@ -27,13 +27,10 @@ from dataclasses import dataclass
 import duckdb
 import numpy as np
 
+from curate.global_steps import quote_identifier
 from filters.embeddings import column_to_matrix, normalize_rows
 
 logger = logging.getLogger(__name__)
-
-
-def quote_identifier(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def fit_sample(

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curate.config import PIPELINES_DIR
+from curate.global_steps import quote_identifier
 from curate.identity import seeded_uniform
 from curate.registry import register_step
 from filters.text_match import PhraseMatcher, read_entries
@@ -157,13 +158,13 @@ class MetaClipBalancer:
 
     def _count_annotated(self, con: duckdb.DuckDBPyConnection) -> tuple[np.ndarray, int, int]:
         """Per-entry counts with SQL over ``{prefix}_entries`` (written by ``__call__`` upstream)."""
-        column = self.entries_column.replace('"', '""')
+        column = quote_identifier(self.entries_column)
         found = con.execute(
-            f'SELECT e, count(*) FROM (SELECT unnest("{column}") AS e FROM staged WHERE {ELIGIBLE}) GROUP BY e'
+            f"SELECT e, count(*) FROM (SELECT unnest({column}) AS e FROM staged WHERE {ELIGIBLE}) GROUP BY e"
         ).fetchall()
         ((matched, unmatched),) = con.execute(
-            f'SELECT count(*) FILTER (WHERE coalesce(len("{column}"), 0) > 0), '
-            f'count(*) FILTER (WHERE coalesce(len("{column}"), 0) = 0) FROM staged WHERE {ELIGIBLE}'
+            f"SELECT count(*) FILTER (WHERE coalesce(len({column}), 0) > 0), "
+            f"count(*) FILTER (WHERE coalesce(len({column}), 0) = 0) FROM staged WHERE {ELIGIBLE}"
         ).fetchall()
         counts = np.zeros(len(self.entries), np.int64)
         for entry_id, count in found:
@@ -174,8 +175,8 @@ class MetaClipBalancer:
 
     def _count_by_matching(self, con: duckdb.DuckDBPyConnection) -> tuple[np.ndarray, int, int]:
         """Per-entry counts by matching the text column, read from the stage in bounded batches."""
-        column = self.params.text.replace('"', '""')
-        reader = con.sql(f'SELECT "{column}" FROM staged WHERE {ELIGIBLE}').to_arrow_reader(_READ_ROWS)
+        column = quote_identifier(self.params.text)
+        reader = con.sql(f"SELECT {column} FROM staged WHERE {ELIGIBLE}").to_arrow_reader(_READ_ROWS)
         counts = np.zeros(len(self.entries), np.int64)
         matched = unmatched = 0
         for record_batch in reader:

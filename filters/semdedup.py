@@ -34,8 +34,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from curate.global_steps import quote_identifier
 from curate.registry import register_step
-from filters.clustering import CentroidIndex, fit_sample, quote_identifier, size_spread, spherical_kmeans
+from filters.clustering import CentroidIndex, fit_sample, size_spread, spherical_kmeans
 from filters.embeddings import column_to_matrix, normalize_rows
 
 logger = logging.getLogger(__name__)
