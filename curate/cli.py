@@ -90,16 +90,35 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         f"{args.recipe}: valid recipe {recipe.name!r} with steps "
         f"{', '.join(s.step_id for s in recipe.steps) or '(none)'}"
     )
+    if args.plan:
+        _print_plan(recipe)
+    return 0
+
+
+def _print_plan(recipe) -> None:
+    from curate.plan import compile_plan
+
+    console.print(compile_plan(recipe).describe(), highlight=False, soft_wrap=True, markup=False)
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from curate.config import apply_overrides, load_recipe_data, validate_recipe
+
+    _print_plan(validate_recipe(apply_overrides(load_recipe_data(args.recipe), args.set)))
     return 0
 
 
 def _cmd_list_steps(args: argparse.Namespace) -> int:
-    from curate.registry import get_step, step_names
+    from curate.registry import get_layout, get_step, layout_names, reader_names, step_names
 
     for name in step_names():
         entry = get_step(name)
         params = ", ".join(f"{k}={f.default!r}" for k, f in entry.params_model.model_fields.items())
-        console.print(f"[bold]{name}[/bold]: {entry.summary}\n    params: {params}")
+        kind = "global (a barrier), " if entry.global_decision else ""
+        console.print(f"[bold]{name}[/bold]: {entry.summary}\n    {kind}rows: {entry.rows}; params: {params}")
+    console.print(f"input formats: auto, urls, {', '.join(reader_names())}")
+    for name in layout_names():
+        console.print(f"layout [bold]{name}[/bold]: {get_layout(name).summary}")
     return 0
 
 
@@ -192,7 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="validate a recipe without running it")
     p.add_argument("recipe")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
+    p.add_argument("--plan", action="store_true", help="also print the plan of stages")
     p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("plan", help="print a recipe's plan: stages, their steps, rows, resources, reads and writes")
+    p.add_argument("recipe")
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
+    p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("list-steps", help="list registered steps and their parameters")
     p.set_defaults(func=_cmd_list_steps)

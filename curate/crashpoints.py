@@ -1,30 +1,75 @@
 """Named points where a test can kill the run (SIGKILL), to prove resume is exact.
 
-``CURATE_CRASH_AT=name:n`` kills the process the n-th time it passes ``name`` (n defaults to
-1). Unset, a crash point costs one dict lookup. Names are listed in ``CRASH_POINTS``.
+``CURATE_CRASH_AT=name:n`` kills the run the n-th time any process of it passes ``name`` (n
+defaults to 1). The driver reads the variable; Ray tasks get it as a ``CrashPlan`` argument
+(workers do not share the driver's environment), count their passes in files beside the run,
+and kill the driver first, then themselves: the whole run dies at that point, as if the machine
+went down. Unset, a crash point costs one dict lookup. Names are listed in ``CRASH_POINTS``.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+from dataclasses import dataclass
+from pathlib import Path
 
 CRASH_POINTS = (
     "part_tallied",  # the driver recorded a batch's parts; shards may be unfinished
-    "shard_files_written",  # a shard's files are written under temporary names
-    "shard_renamed",  # a shard's files are renamed into place; its done-marker is not written
+    "stage_written",  # a stage's output of one shard is written, with its marker
+    "barrier_saved",  # a barrier's global state is saved; the next stage has not started
+    "shard_files_written",  # a shard's final files are written under temporary names
+    "shard_renamed",  # a shard's final files are renamed into place; its done-marker is not written
     "before_run_summary",  # every shard is done; sizes.json, stats and catalog are not written
 )
-_hits: dict[str, int] = {}
 
 
-def crash_point(name: str) -> None:
-    spec = os.environ.get("CURATE_CRASH_AT")
+_driver_hits: dict[str, int] = {}
+
+
+@dataclass(frozen=True)
+class CrashPlan:
+    """What a Ray task needs to honour ``CURATE_CRASH_AT`` of the driver that started it."""
+
+    spec: str | None
+    driver_pid: int
+    counter_dir: str
+
+    @classmethod
+    def from_env(cls, counter_dir: Path) -> CrashPlan:
+        return cls(os.environ.get("CURATE_CRASH_AT") or None, os.getpid(), str(counter_dir))
+
+
+def _target(spec: str | None, name: str) -> int | None:
     if not spec:
-        return
+        return None
     target, _, count = spec.partition(":")
-    if target != name:
+    return int(count or 1) if target == name else None
+
+
+def _passes(counter_dir: str, name: str) -> int:
+    """Count one pass in a file shared by every process of the run (appends are atomic)."""
+    Path(counter_dir).mkdir(parents=True, exist_ok=True)
+    path = os.path.join(counter_dir, f"crash-{name}")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b".")
+    finally:
+        os.close(fd)
+    return os.path.getsize(path)
+
+
+def crash_point(name: str, plan: CrashPlan | None = None) -> None:
+    """In the driver: ``crash_point(name)``; in a Ray task: ``crash_point(name, plan)``."""
+    spec = plan.spec if plan is not None else os.environ.get("CURATE_CRASH_AT")
+    count = _target(spec, name)
+    if count is None:
         return
-    _hits[name] = _hits.get(name, 0) + 1
-    if _hits[name] >= int(count or 1):
+    if plan is None:  # the driver: one process, counted in memory
+        _driver_hits[name] = _driver_hits.get(name, 0) + 1
+        if _driver_hits[name] >= count:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return
+    if _passes(plan.counter_dir, name) >= count:
+        os.kill(plan.driver_pid, signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)

@@ -1,6 +1,11 @@
-"""Registry of pipeline steps: recipes name components, the registry finds their classes.
+"""Registries of components that recipes name: steps, input readers and output layouts.
 
-Adding a step touches its own module, one entry in ``_BUILTIN_MODULES`` and its test.
+A recipe names a step (``steps[].name``), an input format (``input.format``) and an output
+layout (``output.layout``); each is looked up here, never in if/elif chains. Adding one touches
+its own module, one entry in the matching ``_BUILTIN_*`` tuple and its test. Built-in modules are
+imported lazily, on first lookup, so that heavy optional dependencies load only when a recipe
+uses them, and so that this module imports nothing of the project (steps, readers and layouts
+import it, never the other way round).
 """
 
 from __future__ import annotations
@@ -8,12 +13,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import BaseModel
 
-# Modules whose import registers the built-in steps; imported lazily, on first lookup, so
-# that heavy optional dependencies load only when a recipe uses their step.
-_BUILTIN_MODULES = (
+# Modules whose import registers the built-in components.
+_BUILTIN_STEPS = (
     "filters.image_check",
     "filters.basic",
     "filters.clip_embed",
@@ -28,6 +33,17 @@ _BUILTIN_MODULES = (
     "curate.pack.tokenize",
     "curate.pack.decompose_step",
 )
+_BUILTIN_READERS = (
+    "curate.readers.tar_reader",
+    "curate.readers.parquet_reader",
+    "curate.readers.datacomp_reader",
+)
+_BUILTIN_LAYOUTS = ("curate.sink.samples", "curate.sink.buckets")
+
+# Which rows a step sees. ``kept``: only rows still kept (model steps, captioners: a dropped row
+# never pays for a model call). ``all``: every readable row (cheap annotations, so that a user
+# can re-threshold later). A recipe may override a step's default with ``rows:``.
+Rows = Literal["kept", "all"]
 
 
 @dataclass(frozen=True)
@@ -38,46 +54,127 @@ class StepEntry:
     needs_pixels: bool
     # A global step decides only once every shard's annotations exist (e.g. a pool-wide quantile):
     # it has ``global_state(con, artifacts) -> dict`` (SQL over the view ``staged``; ``artifacts`` is a
-    # folder for what the state should keep, e.g. centroids) and ``decide(table, state)``.
+    # folder for what the state should keep, e.g. centroids) and ``decide(table, state)``. The plan
+    # cuts a stage at each one (a barrier).
     global_decision: bool
+    rows: Rows
+    # Existing columns the step may change (besides status / error_message, which any step may set
+    # to fail a row); the engine checks that it leaves every other column as it found it.
+    modifies: tuple[str, ...]
+    summary: str
+
+    @property
+    def annotates_in_stream(self) -> bool:
+        """A global step whose ``__call__`` annotates in the stage before its barrier (in parallel
+        workers, e.g. MetaCLIP's entry matching), so that the barrier only counts and decides."""
+        return self.global_decision and bool(getattr(self.cls, "annotates_in_stream", False))
+
+
+@dataclass(frozen=True)
+class ReaderEntry:
+    name: str
+    cls: type  # ``read(ref) -> pa.Table`` and ``fetch_images(ref, rows: pa.Table) -> list[bytes | None]``
+    suffixes: tuple[str, ...]  # the files that are its shards
+
+
+@dataclass(frozen=True)
+class LayoutEntry:
+    name: str
+    cls: type  # ``write_shard(ctx, kept, table) -> dict`` and ``finish(ctx, markers) -> dict``
+    writes_images: bool  # whether the sink needs the kept rows' image bytes
     summary: str
 
 
-_REGISTRY: dict[str, StepEntry] = {}
-_loaded = False
+_STEPS: dict[str, StepEntry] = {}
+_READERS: dict[str, ReaderEntry] = {}
+_LAYOUTS: dict[str, LayoutEntry] = {}
+_loaded: set[str] = set()
+
+
+def _summary(cls: type) -> str:
+    return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+
+def _put(table: dict, name: str, entry: object, what: str) -> None:
+    if name in table and table[name].cls is not entry.cls:  # type: ignore[attr-defined]
+        raise ValueError(f"{what} name {name!r} is registered twice ({table[name].cls} and {entry.cls})")  # type: ignore[attr-defined]
+    table[name] = entry
 
 
 def register_step(
-    name: str, *, params: type[BaseModel], needs_pixels: bool = False, global_decision: bool = False
+    name: str,
+    *,
+    params: type[BaseModel],
+    needs_pixels: bool = False,
+    global_decision: bool = False,
+    rows: Rows = "all",
+    modifies: tuple[str, ...] = (),
 ) -> Callable[[type], type]:
     def decorate(cls: type) -> type:
-        if name in _REGISTRY and _REGISTRY[name].cls is not cls:
-            raise ValueError(f"step name {name!r} is registered twice ({_REGISTRY[name].cls} and {cls})")
-        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         if global_decision and not (hasattr(cls, "global_state") and hasattr(cls, "decide")):
             raise TypeError(f"global step {name!r} must define global_state(con) and decide(table, state)")
-        _REGISTRY[name] = StepEntry(name, cls, params, needs_pixels, global_decision, summary)
+        entry = StepEntry(name, cls, params, needs_pixels, global_decision, rows, tuple(modifies), _summary(cls))
+        _put(_STEPS, name, entry, "step")
         return cls
 
     return decorate
 
 
-def _load_builtins() -> None:
-    global _loaded
-    if not _loaded:
-        for module in _BUILTIN_MODULES:
+def register_reader(name: str, *, suffixes: tuple[str, ...]) -> Callable[[type], type]:
+    def decorate(cls: type) -> type:
+        _put(_READERS, name, ReaderEntry(name, cls, suffixes), "reader")
+        return cls
+
+    return decorate
+
+
+def register_layout(name: str, *, writes_images: bool) -> Callable[[type], type]:
+    def decorate(cls: type) -> type:
+        _put(_LAYOUTS, name, LayoutEntry(name, cls, writes_images, _summary(cls)), "layout")
+        return cls
+
+    return decorate
+
+
+def _load(kind: str, modules: tuple[str, ...]) -> None:
+    if kind not in _loaded:
+        for module in modules:
             importlib.import_module(module)
-        _loaded = True
+        _loaded.add(kind)
+
+
+def _lookup(table: dict, name: str, what: str):
+    try:
+        return table[name]
+    except KeyError:
+        raise KeyError(f"unknown {what} {name!r}; allowed: {', '.join(sorted(table))}") from None
 
 
 def step_names() -> list[str]:
-    _load_builtins()
-    return sorted(_REGISTRY)
+    _load("steps", _BUILTIN_STEPS)
+    return sorted(_STEPS)
 
 
 def get_step(name: str) -> StepEntry:
-    _load_builtins()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown step {name!r}; allowed: {', '.join(sorted(_REGISTRY))}") from None
+    _load("steps", _BUILTIN_STEPS)
+    return _lookup(_STEPS, name, "step")
+
+
+def reader_names() -> list[str]:
+    _load("readers", _BUILTIN_READERS)
+    return sorted(_READERS)
+
+
+def get_reader(name: str) -> ReaderEntry:
+    _load("readers", _BUILTIN_READERS)
+    return _lookup(_READERS, name, "input.format")
+
+
+def layout_names() -> list[str]:
+    _load("layouts", _BUILTIN_LAYOUTS)
+    return sorted(_LAYOUTS)
+
+
+def get_layout(name: str) -> LayoutEntry:
+    _load("layouts", _BUILTIN_LAYOUTS)
+    return _lookup(_LAYOUTS, name, "output.layout")

@@ -31,6 +31,17 @@ def print_summary(console: Console, result) -> None:
     console.print(steps)
     if reasons.row_count:
         console.print(reasons)
+    for stage in getattr(result, "stages", []) or []:
+        barrier = stage.get("barrier")
+        state = ""
+        if barrier is not None:
+            state = f"; barrier {barrier['step']}: state {'reused from cache' if barrier['reused'] else 'computed'}"
+        console.print(
+            f"stage {stage['stage']}: {stage['computed']} shard(s) computed, {stage['reused']} reused from cache "
+            f"({stage['cache']}){state}",
+            highlight=False,
+            soft_wrap=True,
+        )
     resumed = f" (resumed; {result.shards_done_before} shards were already done)" if result.resumed else ""
     last = max(stats["shards"] - 1, 0)
     console.print(

@@ -7,6 +7,7 @@ Layout of ``run/``::
     shards/             NNNNNNNN.tar + NNNNNNNN.parquet + NNNNNNNN_stats.json, sizes.json
     _done/NNNNNNNN.json a shard's counters; written last, it is what says the shard is done
     _tmp/               parts in flight; emptied whenever a run starts
+    _cache/             stage outputs and barrier states, by fingerprint (kept by --overwrite)
     stats.json, shards.parquet, steps.parquet, catalog.duckdb   written when every shard is done
 """
 
@@ -14,10 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,19 +31,9 @@ class RunFolderError(RuntimeError):
     """The output folder cannot be used for this run; the message says why and what to do."""
 
 
-def recipe_fingerprint(recipe: Recipe, shard_paths: list[str]) -> str:
-    """What determines the output: input shards, steps and the output caption, not Ray settings."""
-    payload = {
-        "input": recipe.input.model_dump(exclude={"path"}),
-        "shards": shard_paths,
-        "steps": [s.model_dump() for s in recipe.steps],
-        "output": recipe.output.model_dump(exclude={"path"}),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write under a unique temporary name and rename, so that two writers never interleave."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -57,6 +48,8 @@ class RunDir:
         self.chunks = self.root / "_chunks"  # per input shard: its chunks, before bucket sharding
         self.catalog = self.root / "catalog.duckdb"
         self.stats = self.root / "stats.json"
+        self.cache = self.root / "_cache"  # stage outputs and barrier states, by fingerprint
+        self.artifacts = self.root / "artifacts"
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -89,7 +82,8 @@ class RunDir:
             if not overwrite:
                 raise RunFolderError(
                     f"output folder {self.root} holds a run of a different recipe or input "
-                    f"(recipe {info.get('recipe')!r}); pass --overwrite to replace it, or choose another --output"
+                    f"(recipe {info.get('recipe')!r}); pass --overwrite to replace its output (stages that did not "
+                    "change are reused from its cache), or choose another --output"
                 )
             self._wipe()
         elif any(p.name != ".lock" for p in self.root.iterdir()) and not overwrite:
@@ -107,8 +101,9 @@ class RunDir:
         return False
 
     def _wipe(self) -> None:
+        """Remove the run's output; the stage cache stays (its folders are keyed by fingerprint)."""
         for child in self.root.iterdir():
-            if child.name == ".lock":
+            if child.name in (".lock", self.cache.name):
                 continue
             if child.is_dir():
                 shutil.rmtree(child)
@@ -119,8 +114,8 @@ class RunDir:
         shutil.rmtree(self.tmp, ignore_errors=True)
         for d in (self.shards, self.done, self.tmp, self.chunks):
             d.mkdir(parents=True, exist_ok=True)
-        for stale in [*self.shards.glob(".*.tmp"), *self.chunks.glob(".*.tmp")]:
-            stale.unlink()
+        for stale in [*self.shards.glob(".*.tmp"), *self.chunks.glob(".*.tmp"), *self.root.glob(".*.tmp")]:
+            stale.unlink(missing_ok=True)
 
     def marker(self, shard_index: int) -> Path:
         return self.done / f"{shard_index:08d}.json"

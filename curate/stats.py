@@ -13,8 +13,11 @@ def _is_failure(reason: str | None) -> bool:
     return bool(reason) and reason.startswith("failed")
 
 
-def shard_counters(table: pa.Table, step_ids: list[str]) -> dict:
-    """Counters of one finished shard, from its rows' statuses and decisions."""
+def shard_counters(table: pa.Table, step_rows: list[tuple[str, str]]) -> dict:
+    """Counters of one finished shard, from its rows' statuses and decisions. ``step_rows`` lists
+    (step id, rows) in recipe order: a step with ``rows: kept`` counts in only the rows still kept
+    when it ran; every step counts no row that an earlier step failed."""
+    step_ids = [s for s, _ in step_rows]
     statuses = table["status"].to_pylist()
     decisions = table["decisions"].to_pylist()
     keep = table["keep"].to_pylist()
@@ -23,13 +26,11 @@ def shard_counters(table: pa.Table, step_ids: list[str]) -> dict:
     for row_decisions, reader_ok in zip(decisions, _read_ok(statuses, decisions, position), strict=True):
         if not reader_ok:
             continue
-        failed_at = len(step_ids)
-        decided: dict[str, dict] = {}
-        for d in row_decisions or []:
-            decided[d["step"]] = d
-            if _is_failure(d["drop_reason"]):
-                failed_at = min(failed_at, position.get(d["step"], failed_at))
-        for step_id in step_ids[: failed_at + 1]:
+        decided = {d["step"]: d for d in row_decisions or []}
+        kept_so_far = True
+        for step_id, rows in step_rows:
+            if rows == "kept" and not kept_so_far:
+                continue
             counters = steps[step_id]
             counters["in"] += 1
             d = decided.get(step_id)
@@ -37,8 +38,10 @@ def shard_counters(table: pa.Table, step_ids: list[str]) -> dict:
                 counters["kept"] += 1
             elif _is_failure(d["drop_reason"]):
                 counters["failed"][d["drop_reason"]] += 1
+                break  # a failed row reaches no later step
             else:
                 counters["dropped"][d["drop_reason"]] += 1
+                kept_so_far = False
     return {
         "rows": table.num_rows,
         "written": sum(bool(k) for k in keep),

@@ -255,7 +255,7 @@ def _fixed_size_list(matrix: np.ndarray, dim: int, valid: np.ndarray) -> pa.Fixe
     return pa.FixedSizeListArray.from_arrays(values, dim, mask=mask)
 
 
-@register_step("clip_embed", params=ClipEmbedParams, needs_pixels=True)
+@register_step("clip_embed", params=ClipEmbedParams, needs_pixels=True, rows="kept")
 class ClipEmbedder:
     """CLIP image and text embeddings (normalised, float16) and the CLIP score (cosine) per sample."""
 

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
-from curate.global_steps import quote_identifier
 from curate.registry import register_step
+from curate.stepkit import STEP_DROP_REASON, STEP_KEEP, append_columns, quote_identifier
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +42,18 @@ def _scores(batch: pa.Table, column: str) -> pa.ChunkedArray:
 
 
 def threshold_decision(batch: pa.Table, column: str, threshold: float, reason: str) -> pa.Table:
+    """Keep ``score >= threshold``. A row without a score is dropped as ``missing_score`` if it is still
+    kept, and gets no decision if an earlier step dropped it (a model step with ``rows: kept`` never
+    scored it, so no claim about its score is true)."""
     scores = _scores(batch, column)
+    missing = pc.is_null(scores)
     keep = pc.fill_null(pc.greater_equal(scores, threshold), False)
-    reasons = pc.if_else(keep, pa.scalar(None, pa.string()), pa.scalar(reason))
-    return batch.append_column("step_keep", keep).append_column("step_drop_reason", reasons)
+    reasons = pc.if_else(missing, pa.scalar("missing_score"), pa.scalar(reason))
+    reasons = pc.if_else(keep, pa.scalar(None, pa.string()), reasons)
+    undecided = pc.and_(missing, pc.invert(pc.fill_null(batch["keep"], False)))
+    keep = pc.if_else(undecided, pa.scalar(None, pa.bool_()), keep)
+    reasons = pc.if_else(undecided, pa.scalar(None, pa.string()), reasons)
+    return append_columns(batch, {STEP_KEEP: keep, STEP_DROP_REASON: reasons})
 
 
 @register_step("clip_score", params=ClipThresholdParams)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import duckdb
 import numpy as np
 
-from curate.global_steps import quote_identifier
+from curate.stepkit import quote_identifier
 from filters.embeddings import column_to_matrix, normalize_rows
 
 logger = logging.getLogger(__name__)

@@ -48,7 +48,7 @@ def decode_check(data: bytes | None, params: ImageCheckParams) -> tuple[int, int
         return f"{type(exc).__name__}: {exc}"
 
 
-@register_step("image_check", params=ImageCheckParams, needs_pixels=True)
+@register_step("image_check", params=ImageCheckParams, needs_pixels=True, modifies=("width", "height"))
 class ImageChecker:
     """Decode each image (draft mode); fail rows whose bytes are not a readable image."""
 

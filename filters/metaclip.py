@@ -34,9 +34,9 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curate.config import PIPELINES_DIR
-from curate.global_steps import quote_identifier
 from curate.identity import seeded_uniform
 from curate.registry import register_step
+from curate.stepkit import quote_identifier
 from filters.text_match import PhraseMatcher, read_entries
 
 logger = logging.getLogger(__name__)

@@ -95,7 +95,7 @@ def expert_memberships(uids: list[str], experts: np.ndarray, num_experts: int, s
     return [np.flatnonzero(row).tolist() for row in member]
 
 
-@register_step("mode", params=ModeParams, global_decision=True)
+@register_step("mode", params=ModeParams, global_decision=True, rows="kept")
 class MoDEClusterer:
     """MoDE: balanced fine clusters of caption embeddings grouped into data experts (annotates only)."""
 

@@ -34,8 +34,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from curate.global_steps import quote_identifier
 from curate.registry import register_step
+from curate.stepkit import quote_identifier
 from filters.clustering import CentroidIndex, fit_sample, size_spread, spherical_kmeans
 from filters.embeddings import column_to_matrix, normalize_rows
 
@@ -131,7 +131,7 @@ def _shard_annotations(folder: str, shard_index: int) -> dict[str, tuple]:
     return {row[0]: row[1:] for row in zip(*columns, strict=True)}
 
 
-@register_step("semdedup", params=SemDeDupParams, global_decision=True)
+@register_step("semdedup", params=SemDeDupParams, global_decision=True, rows="kept")
 class SemDeDup:
     """SemDeDup: drop near-duplicates (cosine > 1 - eps) within k-means clusters, keeping one per group."""
 

@@ -95,7 +95,7 @@ def to_fixed_size_list(matrix: np.ndarray, dtype: type = np.float16) -> pa.Fixed
     return pa.FixedSizeListArray.from_arrays(pa.array(flat), matrix.shape[1])
 
 
-@register_step("text_embed", params=TextEmbedParams)
+@register_step("text_embed", params=TextEmbedParams, rows="kept")
 class TextEmbedder:
     """Sentence-transformers embedding of each caption (L2-normalised, float16)."""
 

@@ -19,7 +19,9 @@ from pydantic import (
     model_validator,
 )
 
-InputFormat = Literal["auto", "img2dataset", "webdataset", "parquet", "datacomp", "urls"]
+# Input formats that are not one registered reader: ``auto`` detects a reader per shard, ``urls``
+# downloads a url/caption table with img2dataset and reads the result as img2dataset output.
+SPECIAL_INPUT_FORMATS = ("auto", "urls")
 
 
 class StrictModel(BaseModel):
@@ -30,7 +32,7 @@ class InputSpec(StrictModel):
     """Where the candidate pool is. ``path`` accepts brace expansion, globs and fsspec URLs."""
 
     path: str | None = None
-    format: InputFormat = "auto"
+    format: str = "auto"  # auto | urls | a registered reader (``curate list-steps`` lists them)
     # For ``urls`` pools: img2dataset download settings (passed through to img2dataset.download).
     url_col: str = "url"
     caption_col: str = "caption"
@@ -39,6 +41,16 @@ class InputSpec(StrictModel):
     download_timeout_s: PositiveInt = 10
     download_retries: int = Field(default=0, ge=0)
     samples_per_shard: PositiveInt = 10_000
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, fmt: str) -> str:
+        from curate.registry import reader_names
+
+        allowed = [*SPECIAL_INPUT_FORMATS, *reader_names()]
+        if fmt not in allowed:
+            raise ValueError(f"unknown input format {fmt!r}; allowed: {', '.join(allowed)}")
+        return fmt
 
 
 class SplitSpec(StrictModel):
@@ -56,11 +68,20 @@ class OutputSpec(StrictModel):
     # samples: one WebDataset shard per input shard. metadata: only the Parquet sidecars (for
     # metadata-only pools such as DataComp's; reshard the subset later). buckets: token chunks in
     # one shard set per power-of-two length (D_k/), with manifest.json; needs tokenize and decompose.
-    layout: Literal["samples", "metadata", "buckets"] = "samples"
+    layout: str = "samples"  # a registered layout: samples | metadata | buckets
     tokens_per_shard: PositiveInt = 2**20  # bucket shards hold about this many tokens
     tokens_per_batch: PositiveInt = 2**14  # the loader's constant tokens per step
     curriculum: Literal["grow_p2", "uniform"] = "grow_p2"
     split: SplitSpec | None = None  # e.g. one shard set per MoDE data expert
+
+    @field_validator("layout")
+    @classmethod
+    def _known_layout(cls, layout: str) -> str:
+        from curate.registry import layout_names
+
+        if layout not in layout_names():
+            raise ValueError(f"unknown layout {layout!r}; allowed: {', '.join(layout_names())}")
+        return layout
 
 
 class RaySettings(StrictModel):
@@ -84,6 +105,9 @@ class StepSpec(StrictModel):
     name: str  # a registered component, see ``curate list-steps``
     id: str | None = None  # unique in the recipe; defaults to ``name``
     params: dict[str, Any] = Field(default_factory=dict)
+    # Which rows the step sees: ``kept`` (only rows still kept) or ``all`` (every readable row);
+    # null takes the step's registered default (model steps ``kept``, DataComp filters ``all``).
+    rows: Literal["kept", "all"] | None = None
     resources: StepResources = StepResources()
 
     @field_validator("name")
@@ -111,6 +135,13 @@ class StepSpec(StrictModel):
     def step_id(self) -> str:
         return self.id or self.name
 
+    @property
+    def sees(self) -> str:
+        """The rows this step sees, after the recipe's override."""
+        from curate.registry import get_step
+
+        return self.rows or get_step(self.name).rows
+
 
 class Recipe(StrictModel):
     name: str = "recipe"
@@ -121,19 +152,7 @@ class Recipe(StrictModel):
     steps: list[StepSpec] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _unique_step_ids(self) -> Recipe:
-        from curate.registry import get_step
-
-        first_global = None
-        for i, step in enumerate(self.steps):
-            if get_step(step.name).global_decision:
-                first_global = i if first_global is None else first_global
-            elif first_global is not None:
-                raise ValueError(
-                    f"steps.{i}.name: value {step.name!r} runs per batch but comes after the global step "
-                    f"steps.{first_global} ({self.steps[first_global].name!r}); global steps decide once every "
-                    "shard is annotated, so they must come last"
-                )
+    def _consistent(self) -> Recipe:
         seen: set[str] = set()
         for i, step in enumerate(self.steps):
             if step.step_id in seen:

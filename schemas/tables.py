@@ -15,6 +15,7 @@ STATUS_FAILED_DOWNLOAD = "failed_to_download"
 STATUS_FAILED_RESIZE = "failed_to_resize"
 STATUS_FAILED_READ = "failed_to_read"  # listed by the pool but missing or unreadable in the tar
 STATUS_FAILED_DECODE = "failed_to_decode"  # bytes present but not a decodable image
+STATUS_DUPLICATE_KEY = "failed_duplicate_key"  # a tar key seen before, apart from its first sample
 
 READ_STEP = "read"  # the pseudo-step that decisions name for failures while reading the pool
 
@@ -31,6 +32,9 @@ SAMPLE_FIELDS: list[pa.Field] = [
     pa.field("url", pa.string()),
     pa.field("image", pa.binary()),  # encoded bytes as stored in the pool; decoded only by steps
     pa.field("image_ext", pa.string()),  # jpg | png | webp ...
+    # Where the image bytes are in ``source`` (a plain tar): later stages fetch them by range.
+    pa.field("image_offset", pa.int64()),
+    pa.field("image_size", pa.int64()),
     pa.field("width", pa.int32()),
     pa.field("height", pa.int32()),
     pa.field("original_width", pa.int32()),
@@ -50,6 +54,8 @@ SAMPLE_COLUMNS = [f.name for f in SAMPLE_FIELDS]
 HEAVY_COLUMNS = ("image",)
 # Bookkeeping that only the runner needs.
 RUNNER_COLUMNS = ("shard_rows",)
+# In the sidecar (where a sample's bytes are in its source) but not in the sample's json.
+LOCATION_COLUMNS = ("image_offset", "image_size")
 
 
 def empty_sample_table() -> pa.Table:

@@ -11,7 +11,7 @@ import pytest
 from run_helpers import run_cli, snapshot
 
 from curate.catalog import connect
-from curate.config import RecipeError, load_recipe, validate_recipe
+from curate.config import load_recipe, validate_recipe
 from curate.runner import run_recipe
 
 FRACTION_SET = ["steps.2.name=clip_fraction", "steps.2.params.score_column=lang_score", "steps.2.params.fraction=0.5"]
@@ -56,9 +56,24 @@ def test_per_shard_thresholds_would_differ(fraction_run):
     assert not (fraction_run.run_dir.root / "_stage").exists()  # the stage is removed at the end
 
 
-def test_global_step_must_come_last():
-    with pytest.raises(RecipeError, match="must come last"):
-        validate_recipe({"steps": [{"name": "clip_fraction", "params": {"fraction": 0.3}}, {"name": "basic"}]})
+def test_steps_may_follow_a_global_step():
+    """A per-batch step after a global step is a new stage, not an error."""
+    from curate.plan import compile_plan
+
+    recipe = validate_recipe(
+        {
+            "steps": [
+                {"name": "basic"},
+                {"name": "clip_fraction", "params": {"fraction": 0.3}},
+                {"name": "basic", "id": "again"},
+            ]
+        }
+    )
+    plan = compile_plan(recipe)
+    assert [[(op.step_id, op.action) for op in s.operations] for s in plan.stages] == [
+        [("basic", "call")],
+        [("clip_fraction", "decide"), ("again", "call")],
+    ]
 
 
 def test_sigkill_in_global_phase_then_resume(fraction_run, small_pool_pattern, ray_session, tmp_path):

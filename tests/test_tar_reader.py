@@ -118,3 +118,49 @@ def test_fsspec_url_input(tmp_path):
     _write_tar(tmp_path / "u.tar", [("s1", {"jpg": _jpeg(), "txt": b"hello there world"})])
     (ref,) = list_shards(f"file://{tmp_path}/u.tar")
     assert read_shard(ref).num_rows == 1
+
+
+def test_a_key_seen_again_apart_from_its_sample_is_a_failed_row(tmp_path):
+    """Without the check, the second k1 would merge into the first: its txt would replace the first's."""
+    first, second = _jpeg((200, 10, 10)), _jpeg((10, 200, 10))
+    _write_tar(
+        tmp_path / "d.tar",
+        [
+            ("k1", {"jpg": first, "txt": b"the first red one"}),
+            ("k2", {"jpg": _jpeg(), "txt": b"another sample here"}),
+            ("k1", {"jpg": second, "txt": b"the second green one"}),
+        ],
+    )
+    (ref,) = list_shards(str(tmp_path / "d.tar"))
+    rows = read_shard(ref).to_pylist()
+    assert [(r["key"], r["status"]) for r in rows] == [
+        ("k1", "success"),
+        ("k2", "success"),
+        ("k1", "failed_duplicate_key"),
+    ]
+    assert rows[0]["image"] == first and rows[0]["caption"] == "the first red one"
+    assert rows[2]["image"] is None and rows[2]["error_message"].startswith("duplicate_key:")
+    assert not rows[2]["keep"] and rows[2]["drop_reason"] == "read:failed_duplicate_key"
+
+
+def test_image_bytes_are_fetched_again_by_byte_range(tmp_path):
+    from curate.readers.base import fetch_images
+
+    images = [_jpeg((i * 40, 10, 10)) for i in range(5)]
+    _write_tar(tmp_path / "r.tar", [(f"s{i}", {"txt": b"caption %d" % i, "jpg": img}) for i, img in enumerate(images)])
+    (ref,) = list_shards(str(tmp_path / "r.tar"))
+    table = read_shard(ref)
+    offsets = table["image_offset"].to_pylist()
+    assert all(o is not None and o % 512 == 0 for o in offsets) and table["image_size"].to_pylist() == [
+        len(i) for i in images
+    ]
+    wanted = table.drop_columns(["image"]).take([4, 1, 3])
+    assert fetch_images(ref, wanted) == [images[4], images[1], images[3]]
+    # A compressed tar has no file offsets: the bytes are found by key instead.
+    import gzip
+
+    (tmp_path / "z.tar.gz").write_bytes(gzip.compress((tmp_path / "r.tar").read_bytes()))
+    zref = ShardRef(0, str(tmp_path / "z.tar.gz"), "webdataset")
+    ztable = read_shard(zref)
+    assert ztable["image_offset"].null_count == 5
+    assert fetch_images(zref, ztable.drop_columns(["image"]).take([2, 0])) == [images[2], images[0]]

@@ -33,7 +33,7 @@ class DecomposeParams(BaseModel):
         return DecomposeConfig(min_k=self.min_k, max_k=self.max_k, shift_target=self.shift_target)
 
 
-@register_step("decompose", params=DecomposeParams)
+@register_step("decompose", params=DecomposeParams, rows="kept")
 class Decomposer:
     """Split token sequences into power-of-two chunks following their length's binary representation."""
 

@@ -102,7 +102,7 @@ def render_template(template: str, row: dict[str, Any], meta: dict[str, Any]) ->
     return "".join(out)
 
 
-@register_step("tokenize", params=TokenizeParams)
+@register_step("tokenize", params=TokenizeParams, rows="kept")
 class Tokenizer:
     """Tokenize a text template per sample: writes tokens (list of int32) and num_tokens."""
 

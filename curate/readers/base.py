@@ -3,6 +3,10 @@
 ``list_shards`` expands the recipe's input path (brace expansion, globs, fsspec URLs) into an
 ordered list of ``ShardRef``; the index of a shard in that list is its ``shard_index`` and the
 index of the output shard it produces, which is what makes runs resumable and deterministic.
+Each format is a reader registered by name (``curate.registry.register_reader``) with
+``read(ref) -> table`` and ``fetch_images(ref, rows) -> bytes per row``: the second re-reads a
+sample's image bytes from the source (by byte range where the format allows it), so that stages
+after the first, and the sink, carry no pixels between stages.
 """
 
 from __future__ import annotations
@@ -16,14 +20,9 @@ import braceexpand
 import fsspec
 import pyarrow as pa
 
-logger = logging.getLogger(__name__)
+from curate.registry import get_reader, reader_names
 
-SHARD_SUFFIXES = {
-    "webdataset": (".tar",),
-    "img2dataset": (".tar",),
-    "parquet": (".parquet",),
-    "datacomp": (".parquet",),
-}
+logger = logging.getLogger(__name__)
 
 
 class InputError(ValueError):
@@ -87,6 +86,15 @@ def detect_format(path: str) -> str:
     raise InputError(f"input.path: value {path!r} is neither a .tar nor a .parquet shard")
 
 
+def _suffixes(fmt: str) -> tuple[str, ...]:
+    try:
+        return get_reader(fmt).suffixes
+    except KeyError:
+        raise InputError(
+            f"input.format: value {fmt!r} cannot be listed as shards; allowed: auto, {', '.join(reader_names())}"
+        ) from None
+
+
 def list_shards(pattern: str, fmt: str = "auto") -> list[ShardRef]:
     paths = _expand(pattern)
     if fmt == "auto":
@@ -96,10 +104,7 @@ def list_shards(pattern: str, fmt: str = "auto") -> list[ShardRef]:
         else:
             paths = [p for p in paths if p.endswith(".parquet")]
     else:
-        suffixes = SHARD_SUFFIXES.get(fmt)
-        if suffixes is None:
-            raise InputError(f"input.format: value {fmt!r} cannot be listed as shards")
-        paths = [p for p in paths if p.endswith(suffixes)]
+        paths = [p for p in paths if p.endswith(_suffixes(fmt))]
     if not paths:
         raise InputError(f"input.path: value {pattern!r} matches no .tar or .parquet shard")
     missing = [p for p in paths if not _exists(p)]
@@ -108,43 +113,28 @@ def list_shards(pattern: str, fmt: str = "auto") -> list[ShardRef]:
     return [ShardRef(i, p, detect_format(p) if fmt == "auto" else fmt) for i, p in enumerate(paths)]
 
 
+def _reader(ref: ShardRef):
+    return get_reader(ref.format).cls()
+
+
 def read_shard(ref: ShardRef) -> pa.Table:
     """Read one shard into a sample table; unreadable samples become failed rows, never errors."""
-    if ref.format in ("img2dataset", "webdataset"):
-        from curate.readers.tar_reader import read_tar_shard
+    return _reader(ref).read(ref)
 
-        return read_tar_shard(ref)
-    if ref.format == "parquet":
-        from curate.readers.parquet_reader import read_parquet_shard
 
-        return read_parquet_shard(ref)
-    if ref.format == "datacomp":
-        from curate.readers.datacomp_reader import read_datacomp_shard
-
-        return read_datacomp_shard(ref)
-    raise InputError(f"input.format: value {ref.format!r}; allowed: img2dataset, webdataset, parquet, datacomp")
+def fetch_images(ref: ShardRef, rows: pa.Table) -> list[bytes | None]:
+    """The image bytes of ``rows`` (a sample table's rows of this shard, without ``image``), read
+    again from the source shard; None for a row without an image."""
+    return _reader(ref).fetch_images(ref, rows)
 
 
 def preflight(shards: list[ShardRef], column_params: dict[str, str] | None = None) -> None:
-    """Checks that need no data but would otherwise fail mid-run: DataComp parquet/npz alignment,
-    and that the columns steps read (``column_params``: recipe field -> column) exist in the
-    metadata-only pool, which has no step that could produce them."""
-    datacomp = [s for s in shards if s.format == "datacomp"]
-    if not datacomp:
-        return
-    from curate.readers.datacomp_reader import check_datacomp_shard, index_npz
-
-    for ref in datacomp:
-        check_datacomp_shard(ref)
-    if column_params:
-        import pyarrow.parquet as pq
-
-        first = datacomp[0].path
-        with fsspec.open(first, "rb") as f:
-            available = set(pq.read_schema(f).names)
-        available |= {m.name for m in index_npz(first.rsplit(".", 1)[0] + ".npz") or []}
-        for field, column in column_params.items():
-            if column not in available:
-                raise InputError(
-                    f"{field}: value {column!r} is not a column of {first!r} or its npz; available: {sorted(available)}"
-                )
+    """Checks that need no data but would otherwise fail mid-run (each reader's own ``preflight``,
+    e.g. DataComp parquet/npz alignment and that the columns steps read exist in the metadata)."""
+    by_format: dict[str, list[ShardRef]] = {}
+    for ref in shards:
+        by_format.setdefault(ref.format, []).append(ref)
+    for fmt, refs in by_format.items():
+        reader = get_reader(fmt).cls()
+        if hasattr(reader, "preflight"):
+            reader.preflight(refs, column_params or {})

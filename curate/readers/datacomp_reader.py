@@ -39,6 +39,7 @@ from curate.readers.parquet_reader import (
     meta_json,
     read_parquet_table,
 )
+from curate.registry import register_reader
 from schemas.tables import SAMPLE_COLUMNS, STATUS_SUCCESS, rows_to_sample_table
 
 logger = logging.getLogger(__name__)
@@ -204,3 +205,33 @@ def check_datacomp_shard(ref: ShardRef) -> None:
     with fsspec.open(ref.path, "rb") as f:
         rows = pq.read_metadata(f).num_rows
     _checked_npz(ref.path.rsplit(".", 1)[0] + ".npz", ref.path, rows)
+
+
+@register_reader("datacomp", suffixes=(".parquet",))
+class DataCompReader:
+    """DataComp metadata: parquet + row-aligned npz of embeddings; no images."""
+
+    def read(self, ref: ShardRef) -> pa.Table:
+        return read_datacomp_shard(ref)
+
+    def fetch_images(self, ref: ShardRef, rows: pa.Table) -> list[bytes | None]:
+        return [None] * rows.num_rows  # metadata only: reshard the subset against the downloaded pool
+
+    def preflight(self, refs: list[ShardRef], column_params: dict[str, str]) -> None:
+        """Row alignment of every shard, and that the columns steps read exist in the metadata (a
+        metadata-only pool has no step that could produce them)."""
+        import pyarrow.parquet as pq
+
+        for ref in refs:
+            check_datacomp_shard(ref)
+        if not column_params:
+            return
+        first = refs[0].path
+        with fsspec.open(first, "rb") as f:
+            available = set(pq.read_schema(f).names)
+        available |= {m.name for m in index_npz(first.rsplit(".", 1)[0] + ".npz") or []}
+        for field, column in column_params.items():
+            if column not in available:
+                raise InputError(
+                    f"{field}: value {column!r} is not a column of {first!r} or its npz; available: {sorted(available)}"
+                )

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from curate.identity import derive_uid, normalize_uid, sha256_hex
 from curate.readers.base import InputError, ShardRef
+from curate.registry import register_reader
 from schemas.tables import STATUS_FAILED_READ, STATUS_SUCCESS, rows_to_sample_table
 
 logger = logging.getLogger(__name__)
@@ -181,3 +182,25 @@ def read_parquet_shard(ref: ShardRef) -> pa.Table:
     if failed:
         logger.info("%s: %d of %d rows not readable", ref.path, failed, n)
     return rows_to_sample_table(rows)
+
+
+@register_reader("parquet", suffixes=(".parquet",))
+class ParquetReader:
+    """A Parquet pool holding the image bytes, one row per sample."""
+
+    def read(self, ref: ShardRef) -> pa.Table:
+        return read_parquet_shard(ref)
+
+    def fetch_images(self, ref: ShardRef, rows: pa.Table) -> list[bytes | None]:
+        """Row ``row_in_shard`` of the sample table is row ``row_in_shard`` of the pool: read only the
+        image column again and take those rows."""
+        table = read_parquet_table(ref.path)
+        image_col, is_struct = _image_column(table, ref.path)
+        column = table.column(image_col)
+        positions = rows["row_in_shard"].to_pylist()
+        values = column.take(pa.array(positions, pa.int64())).to_pylist() if positions else []
+        out = []
+        for value in values:
+            image = _image_bytes(value, is_struct, {})
+            out.append(bytes(image) if image else None)
+        return out

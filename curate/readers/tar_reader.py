@@ -4,7 +4,12 @@ img2dataset's parquet lists every sample, failed downloads included, so when it 
 is the authority on which rows exist: successes come from the tar, failures stay as failed
 rows, and a success the tar does not hold (a truncated tar) becomes ``failed_to_read``.
 Without a parquet, rows are the tar's samples in order, and a truncation is recorded as one
-failed row that says where the tar broke.
+failed row that says where the tar broke. A key that comes back later in the tar (not adjacent to
+its first sample) would silently merge two samples; the first stays whole and the second becomes
+a failed row (``failed_duplicate_key``).
+
+Each row records where its image bytes are in the tar (``image_offset``, ``image_size``), so that
+later stages and the sink fetch them by byte range (``fetch_images``), locally or from S3.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ import pyarrow.parquet as pq
 
 from curate.identity import derive_uid, normalize_uid, sha256_hex
 from curate.readers.base import ShardRef
+from curate.registry import register_reader
 from schemas.tables import (
     SAMPLE_COLUMNS,
+    STATUS_DUPLICATE_KEY,
     STATUS_FAILED_READ,
     STATUS_SUCCESS,
     rows_to_sample_table,
@@ -37,6 +44,9 @@ _INT_COLUMNS = ("width", "height", "original_width", "original_height")
 class TarSample:
     key: str
     members: dict[str, bytes] = field(default_factory=dict)
+    # (offset, size) of each member's data in the tar file; absent for a compressed tar.
+    spans: dict[str, tuple[int, int]] = field(default_factory=dict)
+    duplicate_of_member: int | None = None  # set when the key already named an earlier sample
 
 
 @dataclass
@@ -72,21 +82,29 @@ def _missing_end_marker(path: str) -> str | None:
 def iter_tar(path: str) -> TarContents:
     samples: list[TarSample] = []
     by_key: dict[str, TarSample] = {}
+    current: TarSample | None = None
     error = None
     try:
         with fsspec.open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
-            for info in tar:
+            # Offsets are positions in the file only when the tar is not compressed.
+            plain = getattr(tar.fileobj, "comptype", "tar") == "tar"
+            for number, info in enumerate(tar):
                 if not info.isfile():
                     continue
                 key, ext = split_member_name(info.name)
                 data = tar.extractfile(info).read()
                 if len(data) != info.size:
                     raise tarfile.ReadError(f"member {info.name!r} is truncated")
-                sample = by_key.get(key)
-                if sample is None:
-                    sample = by_key[key] = TarSample(key)
-                    samples.append(sample)
-                sample.members[ext] = data
+                if current is None or current.key != key:
+                    current = TarSample(key)
+                    if key in by_key:
+                        current.duplicate_of_member = number
+                    else:
+                        by_key[key] = current
+                    samples.append(current)
+                current.members[ext] = data
+                if plain:
+                    current.spans[ext] = (info.offset_data, info.size)
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         error = f"{type(exc).__name__}: {exc}"
     if error is None:
@@ -95,7 +113,9 @@ def iter_tar(path: str) -> TarContents:
         # The sample being read when the tar broke may be missing members; drop it so that a
         # half-read sample is never passed on as if it were whole.
         if samples:
-            by_key.pop(samples.pop().key, None)
+            last = samples.pop()
+            if by_key.get(last.key) is last:
+                del by_key[last.key]
         error = f"tar unreadable after {len(samples)} whole samples: {error}"
         logger.warning("%s: %s", path, error)
     return TarContents(samples, error)
@@ -129,8 +149,19 @@ def _sample_fields(sample: TarSample) -> dict:
         if ext in sample.members:
             row["image"] = sample.members[ext]
             row["image_ext"] = "jpg" if ext == "jpeg" else ext
+            row["image_offset"], row["image_size"] = sample.spans.get(ext, (None, None))
             break
     row["meta"] = meta
+    return row
+
+
+def _duplicate_row(sample: TarSample, ref: ShardRef) -> dict:
+    row = _finish_row(_sample_fields(sample), {}, ref)
+    row.update(image=None, image_offset=None, image_size=None, status=STATUS_DUPLICATE_KEY)
+    row["error_message"] = (
+        f"duplicate_key: key {sample.key!r} appears again at tar member {sample.duplicate_of_member}, apart from "
+        "its first sample; the first is kept whole and this one is not read"
+    )
     return row
 
 
@@ -168,10 +199,12 @@ def _parquet_rows(path: str) -> list[dict]:
 
 def read_tar_shard(ref: ShardRef) -> pa.Table:
     contents = iter_tar(ref.path)
+    firsts = [s for s in contents.samples if s.duplicate_of_member is None]
+    duplicates = [_duplicate_row(s, ref) for s in contents.samples if s.duplicate_of_member is not None]
     rows: list[dict] = []
     if ref.format == "img2dataset":
         listed = _parquet_rows(ref.path.rsplit(".", 1)[0] + ".parquet")
-        in_tar = {s.key: s for s in contents.samples}
+        in_tar = {s.key: s for s in firsts}
         for record in listed:
             record = {k: v for k, v in record.items() if not isinstance(v, bytes)}
             key = None if record.get("key") is None else str(record["key"])
@@ -186,7 +219,7 @@ def read_tar_shard(ref: ShardRef) -> pa.Table:
         # Samples in the tar that the parquet does not list are still samples.
         rows.extend(_finish_row(_sample_fields(s), {}, ref) for s in in_tar.values())
     else:
-        rows.extend(_finish_row(_sample_fields(s), {}, ref) for s in contents.samples)
+        rows.extend(_finish_row(_sample_fields(s), {}, ref) for s in firsts)
         if contents.error:
             rows.append(
                 _finish_row(
@@ -195,7 +228,49 @@ def read_tar_shard(ref: ShardRef) -> pa.Table:
                     ref,
                 )
             )
+    rows.extend(duplicates)
     for i, row in enumerate(rows):
         row["row_in_shard"] = i
         row["shard_rows"] = len(rows)
     return rows_to_sample_table(rows)
+
+
+def _fetch_by_member(path: str, keys: list[str | None]) -> list[bytes | None]:
+    """Image bytes by key, reading the tar again (a compressed tar has no usable offsets)."""
+    wanted = {k for k in keys if k is not None}
+    found = {s.key: s for s in iter_tar(path).samples if s.key in wanted and s.duplicate_of_member is None}
+    out = []
+    for key in keys:
+        sample = found.get(key) if key is not None else None
+        image = _sample_fields(sample).get("image") if sample is not None else None
+        out.append(image)
+    return out
+
+
+@register_reader("img2dataset", suffixes=(".tar",))
+@register_reader("webdataset", suffixes=(".tar",))
+class TarReader:
+    """WebDataset tars; with img2dataset's parquet beside them, that parquet lists the rows."""
+
+    def read(self, ref: ShardRef) -> pa.Table:
+        return read_tar_shard(ref)
+
+    def fetch_images(self, ref: ShardRef, rows: pa.Table) -> list[bytes | None]:
+        offsets = rows["image_offset"].to_pylist()
+        sizes = rows["image_size"].to_pylist()
+        keys = rows["key"].to_pylist()
+        ranged = [i for i, (o, n) in enumerate(zip(offsets, sizes, strict=True)) if o is not None and n is not None]
+        out: list[bytes | None] = [None] * rows.num_rows
+        if ranged:
+            fs, _, (path,) = fsspec.get_fs_token_paths(ref.path)
+            # One request per sample, issued concurrently by filesystems that can (s3fs, http).
+            blobs = fs.cat_ranges(
+                [path] * len(ranged), [offsets[i] for i in ranged], [offsets[i] + sizes[i] for i in ranged]
+            )
+            for i, blob in zip(ranged, blobs, strict=True):
+                out[i] = bytes(blob)
+        unranged = [i for i in range(rows.num_rows) if out[i] is None and offsets[i] is None and keys[i]]
+        if unranged:
+            for i, blob in zip(unranged, _fetch_by_member(ref.path, [keys[i] for i in unranged]), strict=True):
+                out[i] = blob
+        return out

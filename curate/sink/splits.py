@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.rundir import RunDir, atomic_write_text
+from curate.sink.tars import write_tar
 from schemas.recipe import OutputSpec
 
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -54,8 +55,6 @@ def split_finals(run: RunDir, output: OutputSpec, name: str, values: list[str]) 
 
 def finish_splits(run: RunDir, output: OutputSpec, markers: list[dict]) -> dict[str, int]:
     """Fill the gaps (empty shards) and write each set's sizes.json; returns samples per set."""
-    from curate.writer import write_tar
-
     if output.split is None:
         return {}
     values = sorted({v for m in markers for v in m.get("splits", {})})

@@ -29,7 +29,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.pack.manifest import build_manifest, write_manifest
+from curate.registry import register_layout
 from curate.rundir import RunDir, atomic_write_text
+from curate.sink import tmp_path
+from curate.sink.tars import add_member
 from schemas.recipe import Recipe
 
 logger = logging.getLogger(__name__)
@@ -80,12 +83,6 @@ def _npy_bytes(tokens: list[int]) -> bytes:
     return buf.getvalue()
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
 def _write_bucket_shard(folder: Path, index: int, k: int, rows: list[dict]) -> dict:
     name = f"{index:08d}"
     tar_path, meta_path = folder / f"{name}.tar", folder / f"{name}.parquet"
@@ -93,9 +90,9 @@ def _write_bucket_shard(folder: Path, index: int, k: int, rows: list[dict]) -> d
     with open(tmp_tar, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for i, row in enumerate(rows):
             key = f"{k:02d}{index:08d}{i:06d}"
-            _add(tar, f"{key}.tokens.npy", _npy_bytes(row["tokens"]))
+            add_member(tar, f"{key}.tokens.npy", _npy_bytes(row["tokens"]))
             provenance = {kk: row[kk] for kk in ("uid", "chunk_index", "offset", "k", "num_tokens")}
-            _add(tar, f"{key}.json", json.dumps(provenance).encode())
+            add_member(tar, f"{key}.json", json.dumps(provenance).encode())
     meta = pa.Table.from_pylist([{kk: v for kk, v in r.items() if kk != "tokens"} for r in rows])
     meta = meta.append_column("key", pa.array([f"{k:02d}{index:08d}{i:06d}" for i in range(len(rows))]))
     pq.write_table(meta, tmp_meta)
@@ -148,3 +145,16 @@ def write_buckets(run: RunDir, recipe: Recipe) -> dict:
     write_manifest(run.root / "manifest.json", manifest)
     logger.info("wrote %d buckets: %s", len(buckets), {k: b["sequences"] for k, b in buckets.items()})
     return manifest
+
+
+@register_layout("buckets", writes_images=False)
+class BucketsLayout:
+    """Token chunks in one shard set per power-of-two length (D_k/), with manifest.json."""
+
+    def write_shard(self, ctx, name: str, kept: pa.Table) -> tuple[list[Path], dict]:
+        path = ctx.run.chunks / f"{name}.parquet"
+        chunks = write_chunk_file(tmp_path(path), kept)
+        return [path], {"chunks": chunks}
+
+    def finish(self, run: RunDir, recipe: Recipe, markers: list[dict]) -> dict:
+        return {"buckets": {b["k"]: b["sequences"] for b in write_buckets(run, recipe)["buckets"]}}

@@ -1,0 +1,66 @@
+"""Barriers: a global step computes its state over the whole pool as of the stage before it.
+
+``global_state(con, artifacts)`` runs SQL over the view ``staged``: every sample of every input
+shard, each column from the latest stage that wrote it (DuckDB reads only the columns the query
+names). A global step with ``rows: kept`` sees only the rows still kept there (its pool is what
+selection left, e.g. the top fraction of the kept rows by a score only they have); with ``rows:
+all`` it sees every row, failures included (DataComp's pool size counts every row). The state
+is saved in the barrier's cache folder (with the artifacts it keeps, e.g. centroids), keyed by
+the fingerprint of the recipe up to and including the global step, so a resumed or re-run
+recipe reuses it and its decisions never change between attempts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import duckdb
+
+from curate.plan import Stage
+from curate.rundir import RunDir, atomic_write_text
+from curate.stage_store import StageStore, staged_view_sql
+from curate.steps import build_step
+
+logger = logging.getLogger(__name__)
+
+
+def barrier_store(run: RunDir, stage: Stage) -> StageStore:
+    assert stage.barrier_cache_name is not None
+    return StageStore(run.cache, stage.barrier_cache_name)
+
+
+def compute_state(run: RunDir, stage: Stage, stores: list[StageStore]) -> tuple[dict, bool]:
+    """The state of the global step after ``stage`` and whether it came from the cache."""
+    op = stage.barrier
+    assert op is not None
+    store = barrier_store(run, stage)
+    saved = store.root / "state.json"
+    if saved.exists():
+        return json.loads(saved.read_text()), True
+    artifacts = store.root / "artifacts"
+    shutil.rmtree(artifacts, ignore_errors=True)  # a killed earlier attempt; recomputed identically
+    store.root.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect()
+    try:
+        view = staged_view_sql(stores)
+        if op.rows == "kept":
+            view = f"SELECT * FROM ({view}) WHERE status = 'success' AND keep"
+        con.execute(f"CREATE VIEW staged AS {view}")
+        step = build_step(op.spec.name, op.spec.params)
+        state = step.global_state(con, artifacts=artifacts)
+    finally:
+        con.close()
+    logger.info("global step %s: %s", op.step_id, {k: v for k, v in state.items() if not isinstance(v, list | dict)})
+    atomic_write_text(saved, json.dumps(state, indent=2))
+    return state, False
+
+
+def publish_artifacts(run: RunDir, stage: Stage) -> None:
+    """Copy a barrier's artifacts to ``RUN/artifacts/<step id>/``, where users and commands look."""
+    source = barrier_store(run, stage).root / "artifacts"
+    target = run.artifacts / stage.barrier.step_id
+    shutil.rmtree(target, ignore_errors=True)
+    if source.exists():
+        shutil.copytree(source, target)

@@ -1,0 +1,170 @@
+"""A recipe compiled into a plan of stages, cut at every global step (a barrier).
+
+    recipe: image_check, basic, clip_embed, semdedup*, clip_fraction*, text_embed, tokenize
+    stage 0: image_check, basic, clip_embed                 -> barrier semdedup (state over stage 0)
+    stage 1: semdedup.decide                                -> barrier clip_fraction (over stages 0-1)
+    stage 2: clip_fraction.decide, text_embed, tokenize     -> sink (tar + parquet + stats per shard)
+
+Each stage is one Ray Data pass over the input shards. An operation in a stage is a step's
+``__call__`` (a per-batch step, or a global step that ``annotates_in_stream`` in the stage before its
+barrier) or a global step's ``decide`` with the state its barrier computed. Every operation sees
+the rows its step declares (``rows: kept`` or ``all``). A stage's outputs are cached under a
+fingerprint of the input and of every step up to and including that stage, so changing a later
+step reuses every earlier stage. The plan is compiled once; the executor, the barrier code and
+the sink follow it and never ask the registry what kind a step is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from curate.registry import StepEntry, get_layout, get_step
+from schemas.recipe import Recipe, StepSpec
+
+Action = Literal["call", "decide"]
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One step's work inside a stage: its ``__call__`` or its global ``decide``."""
+
+    spec: StepSpec
+    entry: StepEntry
+    action: Action
+    rows: str  # kept | all
+
+    @property
+    def step_id(self) -> str:
+        return self.spec.step_id
+
+    @property
+    def decides(self) -> bool:
+        """Whether this operation can write a decision (an annotating ``__call__`` of a global step cannot)."""
+        return self.action == "decide" or not self.entry.global_decision
+
+    def describe(self) -> str:
+        what = f"{self.step_id}.decide" if self.action == "decide" else self.step_id
+        if self.action == "call" and self.entry.global_decision:
+            what += " (annotate)"
+        res = self.spec.resources
+        gpu = f", {res.num_gpus:g} GPU" if res.num_gpus else ""
+        return f"{what} [rows: {self.rows}; {res.concurrency} x {res.num_cpus:g} CPU{gpu}, batch {res.batch_size}]"
+
+
+@dataclass(frozen=True)
+class Stage:
+    index: int
+    operations: tuple[Operation, ...]
+    barrier: Operation | None  # the global step whose state is computed over this stage's output
+    fingerprint: str  # of the input and of every step up to and including this stage
+    is_last: bool
+
+    @property
+    def needs_pixels(self) -> bool:
+        return any(op.entry.needs_pixels for op in self.operations)
+
+    @property
+    def pixel_rows(self) -> str:
+        """Which rows need their image bytes in this stage: ``all`` if a pixel step sees all rows."""
+        return "all" if any(op.entry.needs_pixels and op.rows == "all" for op in self.operations) else "kept"
+
+    @property
+    def barrier_fingerprint(self) -> str | None:
+        if self.barrier is None:
+            return None
+        return _digest({"stage": self.fingerprint, "barrier": _step_identity(self.barrier.spec)})
+
+    @property
+    def cache_name(self) -> str:
+        return f"stage{self.index}-{self.fingerprint[:16]}"
+
+    @property
+    def barrier_cache_name(self) -> str | None:
+        fp = self.barrier_fingerprint
+        return None if fp is None else f"barrier{self.index}-{self.barrier.step_id}-{fp[:16]}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    recipe: Recipe
+    stages: tuple[Stage, ...]
+    layout_writes_images: bool
+    step_ids: tuple[str, ...] = field(default=())
+    step_rows: tuple[tuple[str, str], ...] = field(default=())  # (step id, rows) in recipe order
+
+    @property
+    def global_operations(self) -> list[Operation]:
+        return [s.barrier for s in self.stages if s.barrier is not None]
+
+    def describe(self) -> str:
+        lines = [
+            f"plan of {self.recipe.name!r}: {len(self.stages)} stage(s), output layout {self.recipe.output.layout}"
+        ]
+        for stage in self.stages:
+            reads = "source shards (pixels)" if stage.index == 0 or stage.needs_pixels else "stage outputs"
+            if stage.index and stage.needs_pixels:
+                reads = f"stage outputs + image bytes by range ({stage.pixel_rows} rows)"
+            lines.append(f"stage {stage.index} ({stage.cache_name}): reads {reads}")
+            for op in stage.operations:
+                lines.append(f"  - {op.describe()}")
+            if not stage.operations:
+                lines.append("  - (no steps: the input as read)")
+            writes = "per shard: a Parquet of the columns it added, then a done-marker"
+            lines.append(f"  writes {writes}")
+            if stage.barrier is not None:
+                lines.append(
+                    f"barrier {stage.barrier.step_id}: global_state over stages 0..{stage.index} "
+                    f"(DuckDB view `staged`), cached as {stage.barrier_cache_name}"
+                )
+        sink = "tar + parquet + _stats.json per shard" if self.layout_writes_images else "parquet + _stats.json"
+        lines.append(f"sink ({self.recipe.output.layout}): Ray tasks write {sink}, then its done-marker")
+        return "\n".join(lines)
+
+
+def _digest(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _step_identity(spec: StepSpec) -> dict:
+    """What of a step determines its output: name, id, params and rows; not its Ray resources."""
+    return {"name": spec.name, "id": spec.step_id, "params": spec.params, "rows": spec.sees}
+
+
+def input_fingerprint(recipe: Recipe, shard_paths: list[str]) -> dict:
+    return {"input": recipe.input.model_dump(exclude={"path"}), "shards": shard_paths}
+
+
+def compile_plan(recipe: Recipe, shard_paths: list[str] | None = None) -> Plan:
+    """Cut the recipe at each global step; ``shard_paths`` go into the stage fingerprints (without
+    them, as for ``curate plan``, the fingerprints cover the recipe alone)."""
+    base = input_fingerprint(recipe, list(shard_paths or []))
+    groups: list[tuple[list[Operation], Operation | None]] = []
+    current: list[Operation] = []
+    for spec in recipe.steps:
+        entry = get_step(spec.name)
+        if not entry.global_decision:
+            current.append(Operation(spec, entry, "call", spec.sees))
+            continue
+        if entry.annotates_in_stream:
+            current.append(Operation(spec, entry, "call", spec.sees))
+        barrier = Operation(spec, entry, "decide", spec.sees)
+        groups.append((current, barrier))
+        current = [barrier]  # its decisions apply first in the next stage's workers
+    groups.append((current, None))
+
+    stages = []
+    covered: list[dict] = []
+    for index, (operations, barrier) in enumerate(groups):
+        covered.extend({"op": op.action, **_step_identity(op.spec)} for op in operations)
+        fingerprint = _digest({**base, "through": covered})
+        stages.append(Stage(index, tuple(operations), barrier, fingerprint, is_last=index == len(groups) - 1))
+    return Plan(
+        recipe=recipe,
+        stages=tuple(stages),
+        layout_writes_images=get_layout(recipe.output.layout).writes_images,
+        step_ids=tuple(s.step_id for s in recipe.steps),
+        step_rows=tuple((s.step_id, s.sees) for s in recipe.steps),
+    )

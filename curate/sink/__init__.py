@@ -1,0 +1,119 @@
+"""The sink: per input shard, the final files of the run, written by a Ray task next to the data.
+
+``write_final_shard`` takes a shard's table as of the last stage, fetches the kept rows' image
+bytes from the source by byte range when the layout writes images and the last stage did not
+carry them, and writes ``shards/NNNNNNNN.parquet`` (every row, no bytes) and
+``NNNNNNNN_stats.json`` plus what the output layout writes (``output.layout``, a registered
+layout: ``samples`` tars, ``buckets`` chunks, split sets), each under a temporary name. Then it
+renames them into place and writes the shard's done-marker last. A kill at any moment leaves
+either a done shard or one to redo, and a redo writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curate.crashpoints import CrashPlan, crash_point
+from curate.readers.base import ShardRef, fetch_images
+from curate.registry import get_layout
+from curate.rundir import RunDir, atomic_write_text
+from curate.stats import shard_counters
+from schemas.recipe import OutputSpec
+from schemas.tables import HEAVY_COLUMNS, RUNNER_COLUMNS, STATUS_SUCCESS
+
+
+@dataclass(frozen=True)
+class SinkContext:
+    """What a sink task needs (it is pickled to the worker)."""
+
+    root: str
+    output: OutputSpec
+    step_rows: tuple[tuple[str, str], ...]  # (step id, rows) in recipe order, for the counters
+    crash: CrashPlan
+
+    @property
+    def run(self) -> RunDir:
+        return RunDir(self.root)
+
+
+def shard_name(shard_index: int) -> str:
+    return f"{shard_index:08d}"
+
+
+def output_key(shard_index: int, row_in_shard: int) -> str:
+    """Globally unique within a run, no dots, sorted like the samples: shard then position."""
+    return f"{shard_index:08d}{row_in_shard:06d}"
+
+
+def tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def sidecar(table: pa.Table) -> pa.Table:
+    """The Parquet sidecar is metadata: image bytes live in the tar, token ids in the bucket shards."""
+    heavy = [c for c in (*HEAVY_COLUMNS, *RUNNER_COLUMNS, "tokens") if c in table.column_names]
+    return table.drop_columns(heavy)
+
+
+def with_images(ref: ShardRef, table: pa.Table) -> pa.Table:
+    """``table`` with the image bytes of every kept, readable row (fetched from the source if the
+    last stage did not carry them)."""
+    need = pc.and_(pc.fill_null(table["keep"], False), pc.equal(table["status"], STATUS_SUCCESS))
+    if "image" in table.column_names:
+        need = pc.and_(need, pc.is_null(table["image"]))
+    need_rows = pc.indices_nonzero(need.combine_chunks() if isinstance(need, pa.ChunkedArray) else need)
+    images = table["image"].to_pylist() if "image" in table.column_names else [None] * table.num_rows
+    if len(need_rows):
+        fetched = fetch_images(ref, table.take(need_rows))
+        for i, data in zip(need_rows.to_pylist(), fetched, strict=True):
+            images[i] = data
+    column = pa.array(images, pa.binary())
+    if "image" in table.column_names:
+        return table.set_column(table.schema.get_field_index("image"), "image", column)
+    return table.append_column("image", column)
+
+
+def write_final_shard(ctx: SinkContext, ref: ShardRef, table: pa.Table) -> dict:
+    """Write one whole shard: its files under temporary names, renamed, then its done-marker."""
+    run, output = ctx.run, ctx.output
+    layout = get_layout(output.layout)
+    name = shard_name(ref.index)
+    if layout.writes_images:
+        table = with_images(ref, table)
+    keep = table["keep"].to_pylist()
+    keys = [
+        output_key(ref.index, int(r)) if k else None
+        for r, k in zip(table["row_in_shard"].to_pylist(), keep, strict=True)
+    ]
+    table = table.append_column("output_key", pa.array(keys, pa.string()))
+    table = table.append_column("shard", pa.array([f"{name}.tar"] * table.num_rows, pa.string()))
+    kept = table.filter(pc.fill_null(table["keep"], False))
+
+    files, extra = layout.cls().write_shard(ctx, name, kept)
+    final = {run.shards / f"{name}.parquet": None, run.shards / f"{name}_stats.json": None}
+    pq.write_table(sidecar(table), tmp_path(run.shards / f"{name}.parquet"))
+    written = extra.get("samples_written", kept.num_rows)
+    tmp_path(run.shards / f"{name}_stats.json").write_text(
+        json.dumps({"successes": written, "count": table.num_rows, "kept": kept.num_rows}, indent=2)
+    )
+    counters = {
+        "shard": f"{name}.tar",
+        "shard_index": ref.index,
+        "source": ref.path,
+        **shard_counters(table, list(ctx.step_rows)),
+        "samples_written": written,
+        **{k: v for k, v in extra.items() if k != "samples_written"},
+    }
+    crash_point("shard_files_written", ctx.crash)
+    for path in [*files, *final]:
+        os.replace(tmp_path(path), path)
+    crash_point("shard_renamed", ctx.crash)
+    atomic_write_text(run.marker(ref.index), json.dumps(counters, indent=2))
+    return counters

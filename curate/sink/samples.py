@@ -1,0 +1,71 @@
+"""The ``samples`` and ``metadata`` output layouts, and their split sets (``output.split``).
+
+``samples``: ``shards/NNNNNNNN.tar`` of the kept samples (image, txt, json) beside the sidecar.
+``metadata``: the sidecar alone (metadata-only pools such as DataComp's; reshard the subset later).
+With ``output.split`` each also writes one shard set per value of the split column.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate.registry import register_layout
+from curate.rundir import RunDir, atomic_write_text
+from curate.sink import sidecar, tmp_path
+from curate.sink.splits import finish_splits, split_finals, split_members
+from curate.sink.tars import write_tar
+from schemas.recipe import Recipe
+
+
+def _write_splits(ctx, name: str, kept: pa.Table, files: list[Path]) -> dict:
+    output = ctx.output
+    if output.split is None:
+        return {}
+    members = split_members(kept, output.split.column)
+    for (value, ext), path in split_finals(ctx.run, output, name, list(members)).items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = kept.take(members[value])
+        if ext == ".tar":
+            write_tar(tmp_path(path), rows, output.caption_field)
+        else:
+            pq.write_table(sidecar(rows), tmp_path(path))
+        files.append(path)
+    return {"splits": {value: len(rows) for value, rows in members.items()}}
+
+
+@register_layout("samples", writes_images=True)
+class SamplesLayout:
+    """One WebDataset shard of the kept samples per input shard, with sizes.json."""
+
+    def write_shard(self, ctx, name: str, kept: pa.Table) -> tuple[list[Path], dict]:
+        tar = ctx.run.shards / f"{name}.tar"
+        written = write_tar(tmp_path(tar), kept, ctx.output.caption_field)
+        files = [tar]
+        return files, {"samples_written": written, **_write_splits(ctx, name, kept, files)}
+
+    def finish(self, run: RunDir, recipe: Recipe, markers: list[dict]) -> dict:
+        sizes = {m["shard"]: m["samples_written"] for m in sorted(markers, key=lambda m: m["shard_index"])}
+        atomic_write_text(run.shards / "sizes.json", json.dumps(sizes, indent=2))
+        return _finish_splits(run, recipe, markers)
+
+
+@register_layout("metadata", writes_images=False)
+class MetadataLayout:
+    """Only the Parquet sidecars (and subset.npy): for metadata-only pools such as DataComp's."""
+
+    def write_shard(self, ctx, name: str, kept: pa.Table) -> tuple[list[Path], dict]:
+        files: list[Path] = []
+        return files, {"samples_written": kept.num_rows, **_write_splits(ctx, name, kept, files)}
+
+    def finish(self, run: RunDir, recipe: Recipe, markers: list[dict]) -> dict:
+        return _finish_splits(run, recipe, markers)
+
+
+def _finish_splits(run: RunDir, recipe: Recipe, markers: list[dict]) -> dict:
+    if recipe.output.split is None:
+        return {}
+    return {"splits": {"folder": recipe.output.split.folder, "samples": finish_splits(run, recipe.output, markers)}}

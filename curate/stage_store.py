@@ -1,0 +1,153 @@
+"""Stage outputs: per input shard, a Parquet of the columns a stage added, and a done-marker.
+
+    RUN/_cache/stage1-<fingerprint>/00000003.parquet    shard_index, row_in_shard + the columns it wrote
+    RUN/_cache/stage1-<fingerprint>/_done/00000003.json {"rows": n, "columns": [...]}, written last
+    RUN/_cache/barrier1-<step>-<fingerprint>/state.json  a barrier's global state (+ artifacts/)
+
+Stage 0 stores every column the reader produced and its steps added, except the image bytes
+(those stay in the source and are fetched again by byte range when needed). A later stage stores
+the bookkeeping columns (status, keep, decisions, ...), the columns its steps declare they modify
+and the columns they add. A shard's table as of the end of stage k is stage 0's file with the
+columns of stages 1..k laid over it, row by row (rows never change: one per input sample).
+
+Folders are named by the fingerprint of the recipe up to and including the stage, so a re-run
+whose earlier steps did not change finds them and skips that work; nothing is ever overwritten
+in place (every file is written under a unique temporary name and renamed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas.tables import HEAVY_COLUMNS
+
+logger = logging.getLogger(__name__)
+
+KEY_COLUMNS = ("shard_index", "row_in_shard")
+# Columns that any stage may change (a step fails rows, decisions are folded in).
+BOOKKEEPING_COLUMNS = ("status", "error_message", "keep", "drop_reason", "decisions")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write under a unique temporary name, then rename: a reader never sees half a file, and two
+    writers of the same (deterministic) file never interleave."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_parquet_atomic(table: pa.Table, path: Path, **kwargs) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    pq.write_table(table, tmp, **kwargs)
+    os.replace(tmp, path)
+
+
+class StageStore:
+    """The cache folder of one stage (or one barrier's state, ``barrier=True``)."""
+
+    def __init__(self, cache_root: Path, name: str):
+        self.root = Path(cache_root) / name
+        self.done = self.root / "_done"
+
+    def prepare(self, description: dict) -> None:
+        self.done.mkdir(parents=True, exist_ok=True)
+        info = self.root / "stage.json"
+        if not info.exists():
+            atomic_write_bytes(info, json.dumps(description, indent=2).encode())
+        for stale in self.root.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+
+    def data_path(self, shard_index: int) -> Path:
+        return self.root / f"{shard_index:08d}.parquet"
+
+    def marker(self, shard_index: int) -> Path:
+        return self.done / f"{shard_index:08d}.json"
+
+    def is_done(self, shard_index: int) -> bool:
+        return self.marker(shard_index).exists()
+
+    def columns(self) -> list[str]:
+        """Every column this stage stored, in first-seen order over its shards."""
+        seen: dict[str, None] = {}
+        for path in sorted(self.done.glob("*.json")):
+            for name in json.loads(path.read_text())["columns"]:
+                seen.setdefault(name, None)
+        return list(seen)
+
+    def write(self, shard_index: int, table: pa.Table) -> None:
+        """The stage's columns of one shard, then its marker (the marker vouches for the data)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_parquet_atomic(table, self.data_path(shard_index))
+        marker = {"rows": table.num_rows, "columns": table.column_names}
+        atomic_write_bytes(self.marker(shard_index), json.dumps(marker).encode())
+
+    def read(self, shard_index: int, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(self.data_path(shard_index), columns=columns)
+
+
+def stage_columns(output: pa.Table, input_columns: list[str], declared: set[str], first: bool) -> list[str]:
+    """The columns a stage stores for a shard: all but image bytes for the first stage; else the
+    keys, the bookkeeping columns, what its steps declared they modify, and what they added."""
+    names = [c for c in output.column_names if c not in HEAVY_COLUMNS]
+    if first:
+        return names
+    known = set(input_columns)
+    keep = set(KEY_COLUMNS) | set(BOOKKEEPING_COLUMNS) | declared
+    return [c for c in names if c in keep or c not in known]
+
+
+def overlay(base: pa.Table, layer: pa.Table) -> pa.Table:
+    """``base`` with ``layer``'s columns replacing or extending it; both have the same rows in order."""
+    if layer.num_rows != base.num_rows or not layer["row_in_shard"].equals(base["row_in_shard"]):
+        raise RuntimeError(
+            f"stage outputs of shard {base['shard_index'][0] if base.num_rows else '?'} do not line up "
+            f"({base.num_rows} rows vs {layer.num_rows}): the cache is inconsistent; remove RUN/_cache"
+        )
+    for name in layer.column_names:
+        if name in KEY_COLUMNS:
+            continue
+        if name in base.column_names:
+            base = base.set_column(base.schema.get_field_index(name), name, layer[name])
+        else:
+            base = base.append_column(layer.schema.field(name), layer[name])
+    return base
+
+
+def load_shard(stores: list[StageStore], shard_index: int) -> pa.Table:
+    """A shard's table as of the end of the last of ``stores`` (stage 0 first)."""
+    table = stores[0].read(shard_index)
+    for store in stores[1:]:
+        table = overlay(table, store.read(shard_index))
+    return table
+
+
+def _sql_literal(path: str) -> str:
+    return "'" + path.replace("'", "''") + "'"
+
+
+def staged_view_sql(stores: list[StageStore]) -> str:
+    """SQL of the view ``staged`` over ``stores``: one row per sample, each column from the latest
+    stage that stored it (DuckDB reads only the columns a query names)."""
+    from curate.stepkit import quote_identifier
+
+    latest: dict[str, int] = {}
+    for j, store in enumerate(stores):
+        for name in store.columns():
+            if name not in KEY_COLUMNS:
+                latest[name] = j
+    select = ", ".join(
+        [*(quote_identifier(k) for k in KEY_COLUMNS), *(f"s{j}.{quote_identifier(c)}" for c, j in latest.items())]
+    )
+    sources = [
+        f"read_parquet({_sql_literal(str(store.root / '*.parquet'))}, union_by_name = true) AS s{j}"
+        for j, store in enumerate(stores)
+    ]
+    joins = sources[0] + "".join(f" JOIN {src} USING (shard_index, row_in_shard)" for src in sources[1:])
+    return f"SELECT {select} FROM {joins}"

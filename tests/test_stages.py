@@ -1,0 +1,218 @@
+"""The staged engine end to end: model steps on kept rows only, the stage cache, pixels fetched by
+range in later stages, and exact resume of a three-stage run killed at every kind of point."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from run_helpers import run_cli, run_in_process, snapshot
+
+from curate.catalog import connect
+
+# Three stages without a model, so that kill-and-resume runs stay quick: stage 0 reads the pool
+# (pixels), the two global steps cut it, and the sink fetches the kept images back by byte range.
+THREE_STAGES = [
+    "steps.2.name=clip_fraction",
+    "steps.2.id=lang_top",
+    "steps.2.rows=kept",
+    "steps.2.params.score_column=lang_score",
+    "steps.2.params.fraction=0.9",
+    "steps.2.resources.num_cpus=0.25",
+    "steps.3.name=clip_score",
+    "steps.3.id=wide_enough",
+    "steps.3.params.score_column=aspect_ratio",
+    "steps.3.params.threshold=1.05",
+    "steps.3.resources.num_cpus=0.25",
+    "steps.4.name=clip_fraction",
+    "steps.4.id=side_top",
+    "steps.4.rows=kept",
+    "steps.4.params.score_column=min_side",
+    "steps.4.params.fraction=0.8",
+    "steps.4.resources.num_cpus=0.25",
+]
+
+
+@pytest.fixture(scope="module")
+def full_run(ray_session, small_pool_pattern, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    return run_in_process("curate_full", small_pool_pattern, out, ["steps.semdedup.params.num_clusters=8"])
+
+
+def test_curate_full_embeds_only_what_basic_kept(full_run):
+    assert [s["computed"] for s in full_run.stages] == [4, 4, 4]
+    with connect(full_run.run_dir.root) as con:
+        rows = con.execute(
+            "SELECT decisions, clip_image_emb IS NOT NULL, clip_score IS NOT NULL, text_emb IS NOT NULL, keep "
+            "FROM samples"
+        ).fetchall()
+    assert len(rows) == 1200
+    dropped_by_basic = 0
+    for decisions, image_emb, score, text_emb, keep in rows:
+        by_step = {d["step"]: d for d in decisions}
+        basic_kept = (
+            "basic" in by_step
+            and by_step["basic"]["keep"]
+            and all(by_step[s]["keep"] for s in ("read", "image_check") if s in by_step)
+        )
+        assert image_emb == score == basic_kept  # embedded exactly the rows basic kept
+        assert text_emb == keep  # text embeddings only for what selection kept at the end
+        if "basic" in by_step and not by_step["basic"]["keep"]:
+            dropped_by_basic += 1
+            assert "clip_embed" not in by_step and "semdedup" not in by_step
+    assert dropped_by_basic > 100
+    steps = full_run.stats["steps"]
+    assert steps["clip_embed"]["in"] == steps["basic"]["kept"]
+    assert steps["semdedup"]["in"] == steps["clip_embed"]["kept"]
+    assert steps["clip_fraction"]["in"] == steps["semdedup"]["kept"]
+    assert steps["text_embed"]["in"] == steps["clip_fraction"]["kept"] == full_run.stats["written"]
+    manifest = json.loads((full_run.run_dir.root / "manifest.json").read_text())
+    assert sum(b["sequences"] for b in manifest["buckets"]) > full_run.stats["written"]
+
+
+def _stage_files(run: Path) -> dict[str, float]:
+    return {str(p.relative_to(run)): p.stat().st_mtime_ns for p in (run / "_cache").glob("stage*/*.parquet")}
+
+
+def test_a_changed_fraction_recomputes_only_from_its_barrier(full_run, small_pool_pattern, ray_session):
+    from curate.config import load_recipe
+    from curate.runner import run_recipe
+
+    root = full_run.run_dir.root
+    before = _stage_files(root)
+    recipe = load_recipe(
+        "curate_full",
+        ["steps.semdedup.params.num_clusters=8", "steps.clip_fraction.params.fraction=0.6", "ray.progress_bars=false"],
+        input_path=small_pool_pattern,
+        output_path=str(root),
+    )
+    result = run_recipe(recipe, overwrite=True)
+    stages = result.stages
+    assert [(s["computed"], s["reused"]) for s in stages] == [(0, 4), (0, 4), (4, 0)]
+    assert stages[0]["barrier"] == {"step": "semdedup", "reused": True}
+    assert stages[1]["barrier"] == {"step": "clip_fraction", "reused": False}
+    after = _stage_files(root)
+    reused = [
+        name for name in before if name.startswith(("_cache/" + stages[0]["cache"], "_cache/" + stages[1]["cache"]))
+    ]
+    assert len(reused) == 8 and all(after[n] == before[n] for n in reused)  # not even rewritten
+    assert result.stats["written"] < full_run.stats["written"]
+    # The first fraction's outputs are still cached: going back to it computes nothing at all.
+    back = load_recipe(
+        "curate_full",
+        ["steps.semdedup.params.num_clusters=8", "ray.progress_bars=false"],
+        input_path=small_pool_pattern,
+        output_path=str(root),
+    )
+    again = run_recipe(back, overwrite=True)
+    assert [s["computed"] for s in again.stages] == [0, 0, 0]
+    assert all(s.get("barrier", {"reused": True})["reused"] for s in again.stages)
+    assert again.stats["written"] == full_run.stats["written"]
+
+
+def test_pixels_are_fetched_by_range_in_a_later_stage(ray_session, small_pool_pattern, tmp_path):
+    """clip_embed after a barrier reads the image bytes again from the source tars by byte range;
+    its scores equal those of the same model run in the first stage on the same rows."""
+    first = run_in_process("clip_filter", small_pool_pattern, tmp_path / "first")
+    later = run_in_process(
+        "basic",
+        small_pool_pattern,
+        tmp_path / "later",
+        [
+            "steps.2.name=clip_fraction",
+            "steps.2.params.score_column=lang_score",
+            "steps.2.params.fraction=1.0",
+            "steps.2.resources.num_cpus=0.25",
+            "steps.3.name=clip_embed",
+            "steps.3.params.model=curate-tiny-clip",
+            "steps.3.params.pretrained=curate",
+            "steps.3.resources.num_cpus=0.75",
+        ],
+    )
+    assert later.stages[1]["computed"] == 4
+
+    def scores(run) -> dict[str, float]:
+        with connect(run.run_dir.root) as con:
+            return dict(con.execute("SELECT uid, clip_score FROM samples WHERE clip_score IS NOT NULL").fetchall())
+
+    a, b = scores(first), scores(later)
+    assert len(a) > 800 and a.keys() == b.keys()
+    assert np.allclose([a[u] for u in a], [b[u] for u in a], atol=2e-3)
+
+
+@pytest.fixture(scope="module")
+def three_stage_reference(ray_session, small_pool_pattern, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("three_ref")
+    result = run_in_process("basic", small_pool_pattern, out, THREE_STAGES)
+    assert [s["computed"] for s in result.stages] == [4, 4, 4]
+    return out
+
+
+def test_three_stage_reference_writes_images_fetched_by_range(three_stage_reference, small_pool):
+    """The last stage carried no pixels: every written image is the pool's own bytes."""
+    import tarfile
+
+    from curate.readers.base import list_shards, read_shard
+
+    source = {}
+    for ref in list_shards(str(small_pool)):
+        table = read_shard(ref)
+        source.update(zip(table["uid"].to_pylist(), table["image"].to_pylist(), strict=True))
+    checked = 0
+    for tar_path in sorted((three_stage_reference / "shards").glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        for name, data in members.items():
+            if name.endswith(".json"):
+                uid = json.loads(data)["uid"]
+                assert members[name[: -len("json")] + "jpg"] == source[uid]
+                checked += 1
+    sizes = json.loads((three_stage_reference / "shards" / "sizes.json").read_text())
+    assert checked == sum(sizes.values()) > 300
+
+
+# Where each kill lands, and the least that the resumed run must find already done: shards
+# reused per stage (the kill happened after them) and whether the first barrier's state was saved.
+CRASHES = {
+    "stage_written:2": ((1, 0, 0), False),  # a worker, in stage 0, after one shard's stage output
+    "barrier_saved:1": ((4, 0, 0), True),  # the driver, once the first barrier's state is saved
+    "part_tallied:9": ((0, 0, 0), False),  # the driver, counting parts (stage 0 or 1)
+    "shard_files_written:2": ((4, 4, 0), True),  # a worker of the last stage, final files half written
+    "shard_renamed:3": ((4, 4, 0), True),  # a worker of the last stage, renamed but not yet marked done
+}
+
+
+@pytest.mark.parametrize("crash_at", list(CRASHES))
+def test_sigkill_in_a_three_stage_run_then_resume(
+    crash_at, three_stage_reference, small_pool_pattern, ray_session, tmp_path
+):
+    out = tmp_path / "run"
+    killed = run_cli("basic", small_pool_pattern, out, ray_session, THREE_STAGES, crash_at=crash_at)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout
+    resumed = run_cli("basic", small_pool_pattern, out, ray_session, THREE_STAGES)
+    assert resumed.returncode == 0, resumed.stdout
+    got, want = snapshot(out), snapshot(three_stage_reference)
+    assert got["stray"] == [] and got["tmp_left"] == []
+    assert got == want
+    markers = sorted(p.name for p in (out / "_cache").glob("stage*/_done/*.json"))
+    assert len(markers) == 12  # every stage of every shard, each computed once and kept
+    stages = json.loads((out / "stages.json").read_text())
+    least, barrier_saved = CRASHES[crash_at]
+    assert all(s["reused"] >= n for s, n in zip(stages, least, strict=True)), stages
+    assert all(s["reused"] + s["computed"] == 4 for s in stages)
+    if barrier_saved:
+        assert stages[0]["barrier"]["reused"], stages
+
+
+def test_stage_outputs_hold_no_image_bytes(three_stage_reference):
+    for path in (three_stage_reference / "_cache").glob("stage*/*.parquet"):
+        names = pq.read_schema(path).names
+        assert "image" not in names
+        if path.parent.name.startswith("stage0"):
+            assert {"image_offset", "image_size", "uid"} <= set(names)
+        else:
+            assert "uid" not in names and "caption" not in names  # only what that stage wrote
