@@ -75,12 +75,15 @@ class ReaderEntry:
     name: str
     cls: type  # ``read(ref) -> pa.Table`` and ``fetch_images(ref, rows: pa.Table) -> list[bytes | None]``
     suffixes: tuple[str, ...]  # the files that are its shards
+    has_images: bool  # False for metadata-only pools (DataComp): no layout that writes images fits
 
 
 @dataclass(frozen=True)
 class LayoutEntry:
     name: str
-    cls: type  # ``write_shard(ctx, kept, table) -> dict`` and ``finish(ctx, markers) -> dict``
+    # ``write_shard(ctx, name, kept) -> (files, counters)``, ``finish(run, recipe, markers) -> stats`` and,
+    # optionally, ``validate(recipe)`` (raises ValueError) for rules of its own.
+    cls: type
     writes_images: bool  # whether the sink needs the kept rows' image bytes
     summary: str
 
@@ -120,9 +123,9 @@ def register_step(
     return decorate
 
 
-def register_reader(name: str, *, suffixes: tuple[str, ...]) -> Callable[[type], type]:
+def register_reader(name: str, *, suffixes: tuple[str, ...], has_images: bool = True) -> Callable[[type], type]:
     def decorate(cls: type) -> type:
-        _put(_READERS, name, ReaderEntry(name, cls, suffixes), "reader")
+        _put(_READERS, name, ReaderEntry(name, cls, suffixes, has_images), "reader")
         return cls
 
     return decorate

@@ -158,24 +158,17 @@ class Recipe(StrictModel):
             if step.step_id in seen:
                 raise ValueError(f"steps.{i}.id: value {step.step_id!r} is used twice; give each step a unique id")
             seen.add(step.step_id)
-        if self.input.format == "datacomp" and self.output.layout == "samples":
+        from curate.registry import get_layout, get_reader
+
+        layout = get_layout(self.output.layout)
+        reader = get_reader(self.input.format) if self.input.format not in SPECIAL_INPUT_FORMATS else None
+        if layout.writes_images and reader is not None and not reader.has_images:
             raise ValueError(
-                "output.layout: value 'samples' writes images, but DataComp metadata (input.format datacomp) has "
-                "none; use layout 'metadata', then reshard the exported subset against the downloaded pool"
+                f"output.layout: value {self.output.layout!r} writes images, but input.format "
+                f"{self.input.format!r} has none; use layout 'metadata', then reshard the exported subset "
+                "against the downloaded pool"
             )
-        if self.output.split is not None and self.output.layout == "buckets":
-            raise ValueError("output.split: bucket layouts cannot be split; use layout 'samples' or 'metadata'")
-        if self.output.layout == "buckets":
-            names = [s.name for s in self.steps]
-            if "tokenize" not in names or "decompose" not in names:
-                raise ValueError(
-                    f"output.layout: value 'buckets' needs a tokenize and a decompose step; the steps are {names}"
-                )
-            decompose = next(s for s in self.steps if s.name == "decompose")
-            longest = 2 ** decompose.params.get("max_k", 8)
-            if self.output.tokens_per_batch < longest:
-                raise ValueError(
-                    f"output.tokens_per_batch: value {self.output.tokens_per_batch} is smaller than the longest "
-                    f"bucket (2**max_k = {longest}); a batch must hold at least one sequence"
-                )
+        # A layout may have rules of its own (e.g. buckets need tokenize and decompose).
+        if hasattr(layout.cls, "validate"):
+            layout.cls.validate(self)
         return self

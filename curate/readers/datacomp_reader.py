@@ -207,7 +207,7 @@ def check_datacomp_shard(ref: ShardRef) -> None:
     _checked_npz(ref.path.rsplit(".", 1)[0] + ".npz", ref.path, rows)
 
 
-@register_reader("datacomp", suffixes=(".parquet",))
+@register_reader("datacomp", suffixes=(".parquet",), has_images=False)
 class DataCompReader:
     """DataComp metadata: parquet + row-aligned npz of embeddings; no images."""
 

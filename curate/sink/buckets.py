@@ -156,5 +156,22 @@ class BucketsLayout:
         chunks = write_chunk_file(tmp_path(path), kept)
         return [path], {"chunks": chunks}
 
+    @staticmethod
+    def validate(recipe: Recipe) -> None:
+        if recipe.output.split is not None:
+            raise ValueError("output.split: bucket layouts cannot be split; use layout 'samples' or 'metadata'")
+        names = [s.name for s in recipe.steps]
+        if "tokenize" not in names or "decompose" not in names:
+            raise ValueError(
+                f"output.layout: value 'buckets' needs a tokenize and a decompose step; the steps are {names}"
+            )
+        decompose = next(s for s in recipe.steps if s.name == "decompose")
+        longest = 2 ** decompose.params.get("max_k", 8)
+        if recipe.output.tokens_per_batch < longest:
+            raise ValueError(
+                f"output.tokens_per_batch: value {recipe.output.tokens_per_batch} is smaller than the longest "
+                f"bucket (2**max_k = {longest}); a batch must hold at least one sequence"
+            )
+
     def finish(self, run: RunDir, recipe: Recipe, markers: list[dict]) -> dict:
         return {"buckets": {b["k"]: b["sequences"] for b in write_buckets(run, recipe)["buckets"]}}

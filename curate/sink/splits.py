@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.registry import get_layout
 from curate.rundir import RunDir, atomic_write_text
 from curate.sink.tars import write_tar
 from schemas.recipe import OutputSpec
@@ -49,7 +50,7 @@ def split_folder(run: RunDir, output: OutputSpec, value: str) -> Path:
 
 def split_finals(run: RunDir, output: OutputSpec, name: str, values: list[str]) -> dict[tuple[str, str], Path]:
     """Final paths of one shard's split files, keyed (value, extension)."""
-    exts = (".parquet", ".tar") if output.layout == "samples" else (".parquet",)
+    exts = (".parquet", ".tar") if get_layout(output.layout).writes_images else (".parquet",)
     return {(v, ext): split_folder(run, output, v) / f"{name}{ext}" for v in values for ext in exts}
 
 
@@ -69,7 +70,7 @@ def finish_splits(run: RunDir, output: OutputSpec, markers: list[dict]) -> dict[
             if not count:
                 schema = pq.read_schema(run.shards / f"{stem}.parquet")
                 pq.write_table(schema.empty_table(), folder / f"{stem}.parquet")
-                if output.layout == "samples":
+                if get_layout(output.layout).writes_images:
                     write_tar(folder / f"{stem}.tar", schema.empty_table(), output.caption_field)
             sizes[m["shard"]] = count
         atomic_write_text(folder / "sizes.json", json.dumps(sizes, indent=2))
