@@ -1,13 +1,20 @@
-"""One stage of a plan as one Ray Data pass; shard outputs are written by Ray tasks, not the driver.
+"""Running one stage of a plan; shard outputs are written by Ray tasks, never by the driver.
+
+A stage with per-batch steps is one Ray Data pass:
 
     from_items(pending shards) -> read (source shard, or earlier stages' outputs + image bytes by
     range) -> one map_batches actor pool per operation -> write_parts
 
 The driver only counts rows per shard from the parts' summaries; once a shard's rows have all
 arrived it starts a Ray task that assembles them, writes the stage's output for that shard and its
-marker, and, in the last stage, the final shard through the sink. Nothing in the driver grows with
-the number of rows. Every output shard is a function of its input shard alone, so a shard redone
-after a kill is written exactly as it was the first time.
+marker, and, in the last stage, the final shard through the sink.
+
+A stage that only applies global decisions (or only reads, when a recipe starts with a global
+step) has no model to keep warm in an actor pool: it runs as one Ray task per shard that reads,
+decides, writes and commits, with no rows moving through Ray Data at all.
+
+Nothing in the driver grows with the number of rows. Every output shard is a function of its
+input shard alone, so a shard redone after a kill is written exactly as it was the first time.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from curate.plan import Plan, Stage
 from curate.readers.base import ShardRef, fetch_images, read_shard
 from curate.sink import SinkContext, write_final_shard
 from curate.stage_store import StageStore, load_shard, stage_columns
-from curate.steps import seen_mask
+from curate.steps import StepRunner, seen_mask
 
 logger = logging.getLogger(__name__)
 
@@ -81,15 +88,42 @@ def _read_batch(batch: pa.Table, job: StageJob) -> pa.Table:
     return pa.concat_tables(tables, promote_options="default")
 
 
-def finish_stage_shard(job: StageJob, ref: ShardRef, part_paths: list[str], rows: int) -> dict | None:
-    """Assemble a finished shard's parts; write the stage output (and the final shard, if last)."""
-    table = assemble_shard(part_paths, rows)
+def commit_shard(job: StageJob, ref: ShardRef, table: pa.Table) -> dict | None:
+    """Write a shard's stage output and marker (and its final shard, in the last stage)."""
     columns = stage_columns(table, list(job.input_columns), set(job.declared), first=job.stage_index == 0)
     _store(job.store).write(ref.index, table.select(columns))
     crash_point("stage_written", job.crash)
-    counters = write_final_shard(job.sink, ref, table) if job.sink is not None else None
+    return write_final_shard(job.sink, ref, table) if job.sink is not None else None
+
+
+def finish_stage_shard(job: StageJob, ref: ShardRef, part_paths: list[str], rows: int) -> dict | None:
+    """Assemble a finished shard's parts and commit it."""
+    counters = commit_shard(job, ref, assemble_shard(part_paths, rows))
     remove_parts(part_paths)
     return counters
+
+
+# Step runners built by this worker process, by stage fingerprint and operation: a worker that
+# decides shard after shard builds each step once (a MetaCLIP matcher over 500k entries, say).
+_RUNNERS: dict[tuple[str, str, str], StepRunner] = {}
+_MAX_RUNNERS = 16
+
+
+def _runner(fingerprint: str, kwargs: dict) -> StepRunner:
+    key = (fingerprint, kwargs["step_id"], kwargs["action"])
+    if key not in _RUNNERS:
+        if len(_RUNNERS) >= _MAX_RUNNERS:
+            _RUNNERS.pop(next(iter(_RUNNERS)))
+        _RUNNERS[key] = StepRunner(**kwargs)
+    return _RUNNERS[key]
+
+
+def decide_shard(job: StageJob, fingerprint: str, operations: list[dict], ref: ShardRef) -> dict | None:
+    """A whole stage of global decisions for one shard, in one task."""
+    table = load_stage_input(job, ref)
+    for kwargs in operations:
+        table = _runner(fingerprint, kwargs)(table)
+    return commit_shard(job, ref, table)
 
 
 def sink_cached_shard(stores: list[str], sink: SinkContext, ref: ShardRef) -> dict:
@@ -97,11 +131,20 @@ def sink_cached_shard(stores: list[str], sink: SinkContext, ref: ShardRef) -> di
     return write_final_shard(sink, ref, load_shard([_store(p) for p in stores], ref.index))
 
 
+def runner_kwargs(op, states: dict) -> dict:
+    return {
+        "name": op.spec.name,
+        "step_id": op.step_id,
+        "params": op.spec.params,
+        "rows": op.rows,
+        "action": op.action,
+        "state": states.get(op.step_id) if op.action == "decide" else None,
+    }
+
+
 def build_dataset(plan: Plan, stage: Stage, job: StageJob, shards: list[ShardRef], tmp_dir: str, states: dict):
     import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
-
-    from curate.steps import StepRunner
 
     ray.data.DataContext.get_current().enable_progress_bars = plan.recipe.ray.progress_bars
     items = [{"index": s.index, "path": s.path, "format": s.format} for s in shards]
@@ -118,14 +161,7 @@ def build_dataset(plan: Plan, stage: Stage, job: StageJob, shards: list[ShardRef
         res = op.spec.resources
         ds = ds.map_batches(
             StepRunner,
-            fn_constructor_kwargs={
-                "name": op.spec.name,
-                "step_id": op.step_id,
-                "params": op.spec.params,
-                "rows": op.rows,
-                "action": op.action,
-                "state": states.get(op.step_id) if op.action == "decide" else None,
-            },
+            fn_constructor_kwargs=runner_kwargs(op, states),
             batch_size=res.batch_size,
             batch_format="pyarrow",
             num_cpus=res.num_cpus,
@@ -139,6 +175,35 @@ def build_dataset(plan: Plan, stage: Stage, job: StageJob, shards: list[ShardRef
 
 def run_stage(plan: Plan, stage: Stage, job: StageJob, pending: list[ShardRef], tmp_dir: str, states: dict) -> None:
     """Every pending shard ends with this stage's output written (and its final shard, if last)."""
+    if stage.runs_per_shard:
+        _run_stage_as_tasks(stage, job, pending, states)
+    else:
+        _run_stage_as_dataset(plan, stage, job, pending, tmp_dir, states)
+    unfinished = [s.index for s in pending if not _store(job.store).is_done(s.index)]
+    if unfinished:
+        raise RuntimeError(f"stage {stage.index} ended with {len(unfinished)} shard(s) unfinished: {unfinished[:10]}")
+
+
+def _log_done(results: list[dict | None]) -> None:
+    for counters in results:
+        if counters is not None:
+            logger.info(
+                "shard %s done: %d of %d rows written", counters["shard"], counters["written"], counters["rows"]
+            )
+
+
+def _run_stage_as_tasks(stage: Stage, job: StageJob, pending: list[ShardRef], states: dict) -> None:
+    import ray
+
+    cpus = max([op.spec.resources.num_cpus for op in stage.operations] or [WRITE_NUM_CPUS])
+    task = ray.remote(num_cpus=cpus, max_retries=2)(decide_shard)
+    operations = [runner_kwargs(op, states) for op in stage.operations]
+    _log_done(ray.get([task.remote(job, stage.fingerprint, operations, ref) for ref in pending]))
+
+
+def _run_stage_as_dataset(
+    plan: Plan, stage: Stage, job: StageJob, pending: list[ShardRef], tmp_dir: str, states: dict
+) -> None:
     import ray
 
     finish = ray.remote(num_cpus=WRITE_NUM_CPUS, max_retries=2)(finish_stage_shard)
@@ -153,14 +218,7 @@ def run_stage(plan: Plan, stage: Stage, job: StageJob, pending: list[ShardRef], 
         crash_point("part_tallied")
         if arrived[index] == int(summary["shard_rows"]):
             running.append(finish.remote(job, by_index[index], parts.pop(index), arrived[index]))
-    for counters in ray.get(running):
-        if counters is not None:
-            logger.info(
-                "shard %s done: %d of %d rows written", counters["shard"], counters["written"], counters["rows"]
-            )
-    unfinished = [s.index for s in pending if not _store(job.store).is_done(s.index)]
-    if unfinished:
-        raise RuntimeError(f"stage {stage.index} ended with {len(unfinished)} shard(s) unfinished: {unfinished[:10]}")
+    _log_done(ray.get(running))
 
 
 def sink_cached(stores: list[StageStore], sink: SinkContext, shards: list[ShardRef]) -> None:

@@ -67,6 +67,12 @@ class Stage:
         return any(op.entry.needs_pixels for op in self.operations)
 
     @property
+    def runs_per_shard(self) -> bool:
+        """A stage of global decisions only (or of none) runs as one Ray task per shard: there is no
+        model to keep warm in an actor pool, so no rows need to move through Ray Data."""
+        return all(op.action == "decide" for op in self.operations) and not self.needs_pixels
+
+    @property
     def pixel_rows(self) -> str:
         """Which rows need their image bytes in this stage: ``all`` if a pixel step sees all rows."""
         return "all" if any(op.entry.needs_pixels and op.rows == "all" for op in self.operations) else "kept"
@@ -107,7 +113,8 @@ class Plan:
             reads = "source shards (pixels)" if stage.index == 0 or stage.needs_pixels else "stage outputs"
             if stage.index and stage.needs_pixels:
                 reads = f"stage outputs + image bytes by range ({stage.pixel_rows} rows)"
-            lines.append(f"stage {stage.index} ({stage.cache_name}): reads {reads}")
+            how = "one Ray task per shard" if stage.runs_per_shard else "a Ray Data pass, an actor pool per step"
+            lines.append(f"stage {stage.index} ({stage.cache_name}): {how}; reads {reads}")
             for op in stage.operations:
                 lines.append(f"  - {op.describe()}")
             if not stage.operations:

@@ -35,10 +35,11 @@ def print_summary(console: Console, result) -> None:
         barrier = stage.get("barrier")
         state = ""
         if barrier is not None:
-            state = f"; barrier {barrier['step']}: state {'reused from cache' if barrier['reused'] else 'computed'}"
+            how = "reused from cache" if barrier["reused"] else "computed"
+            state = f"; barrier {barrier['step']}: state {how} in {barrier['seconds']:.1f}s"
         console.print(
             f"stage {stage['stage']}: {stage['computed']} shard(s) computed, {stage['reused']} reused from cache "
-            f"({stage['cache']}){state}",
+            f"({stage['cache']}) in {stage['seconds']:.1f}s{state}",
             highlight=False,
             soft_wrap=True,
         )

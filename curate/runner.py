@@ -140,6 +140,7 @@ def _run_stages(plan: Plan, run: RunDir, shards: list[ShardRef], crash: CrashPla
     states: dict[str, dict] = {}
     report = []
     for stage in plan.stages:
+        started = time.perf_counter()
         store = StageStore(run.cache, stage.cache_name)
         store.prepare(_describe(stage))
         if stage.is_last:
@@ -176,11 +177,17 @@ def _run_stages(plan: Plan, run: RunDir, shards: list[ShardRef], crash: CrashPla
         if stage.is_last and cached:
             sink_cached(stores, sink, cached)
         entry = {"stage": stage.index, "computed": len(pending), "reused": reused, "cache": store.root.name}
+        entry["seconds"] = round(time.perf_counter() - started, 2)
         if stage.barrier is not None:
+            started = time.perf_counter()
             state, from_cache = compute_state(run, stage, stores)
             states[stage.barrier.step_id] = state
             publish_artifacts(run, stage)
-            entry["barrier"] = {"step": stage.barrier.step_id, "reused": from_cache}
+            entry["barrier"] = {
+                "step": stage.barrier.step_id,
+                "reused": from_cache,
+                "seconds": round(time.perf_counter() - started, 2),
+            }
             _save_states(run, states)
             crash_point("barrier_saved")
         report.append(entry)

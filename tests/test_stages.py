@@ -93,8 +93,10 @@ def test_a_changed_fraction_recomputes_only_from_its_barrier(full_run, small_poo
     result = run_recipe(recipe, overwrite=True)
     stages = result.stages
     assert [(s["computed"], s["reused"]) for s in stages] == [(0, 4), (0, 4), (4, 0)]
-    assert stages[0]["barrier"] == {"step": "semdedup", "reused": True}
-    assert stages[1]["barrier"] == {"step": "clip_fraction", "reused": False}
+    assert [(s["barrier"]["step"], s["barrier"]["reused"]) for s in stages[:2]] == [
+        ("semdedup", True),
+        ("clip_fraction", False),
+    ]
     after = _stage_files(root)
     reused = [
         name for name in before if name.startswith(("_cache/" + stages[0]["cache"], "_cache/" + stages[1]["cache"]))
@@ -178,11 +180,12 @@ def test_three_stage_reference_writes_images_fetched_by_range(three_stage_refere
 # Where each kill lands, and the least that the resumed run must find already done: shards
 # reused per stage (the kill happened after them) and whether the first barrier's state was saved.
 CRASHES = {
-    "stage_written:2": ((1, 0, 0), False),  # a worker, in stage 0, after one shard's stage output
+    "part_tallied:2": ((0, 0, 0), False),  # the driver, counting stage 0's parts
+    "stage_written:2": ((1, 0, 0), False),  # a worker of stage 0, after one shard's stage output
     "barrier_saved:1": ((4, 0, 0), True),  # the driver, once the first barrier's state is saved
-    "part_tallied:9": ((0, 0, 0), False),  # the driver, counting parts (stage 0 or 1)
-    "shard_files_written:2": ((4, 4, 0), True),  # a worker of the last stage, final files half written
-    "shard_renamed:3": ((4, 4, 0), True),  # a worker of the last stage, renamed but not yet marked done
+    "stage_written:6": ((4, 1, 0), True),  # a worker of stage 1 (4 stage-0 shards were written before)
+    "shard_files_written:2": ((4, 4, 0), True),  # a task of the last stage, final files half written
+    "shard_renamed:3": ((4, 4, 0), True),  # a task of the last stage, renamed but not yet marked done
 }
 
 
