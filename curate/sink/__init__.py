@@ -69,6 +69,8 @@ def with_images(ref: ShardRef, table: pa.Table) -> pa.Table:
     if "image" in table.column_names:
         need = pc.and_(need, pc.is_null(table["image"]))
     need_rows = pc.indices_nonzero(need.combine_chunks() if isinstance(need, pa.ChunkedArray) else need)
+    if not len(need_rows) and "image" in table.column_names:
+        return table  # the last stage carried every kept image
     images = table["image"].to_pylist() if "image" in table.column_names else [None] * table.num_rows
     if len(need_rows):
         fetched = fetch_images(ref, table.take(need_rows))
