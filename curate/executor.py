@@ -19,6 +19,7 @@ input shard alone, so a shard redone after a kill is written exactly as it was t
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -110,7 +111,8 @@ _MAX_RUNNERS = 16
 
 
 def _runner(fingerprint: str, kwargs: dict) -> StepRunner:
-    key = (fingerprint, kwargs["step_id"], kwargs["action"])
+    # The state names its run's files (centroids, annotations): two runs never share a runner.
+    key = (fingerprint, kwargs["step_id"], json.dumps(kwargs["state"], sort_keys=True, default=str))
     if key not in _RUNNERS:
         if len(_RUNNERS) >= _MAX_RUNNERS:
             _RUNNERS.pop(next(iter(_RUNNERS)))

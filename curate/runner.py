@@ -120,6 +120,20 @@ def resolve_shards(recipe: Recipe, run: RunDir) -> list[ShardRef]:
     return list_shards(recipe.input.path, recipe.input.format)
 
 
+def shard_identities(shards: list[ShardRef]) -> list[str]:
+    """Each input shard as the cache knows it: its path, size and modification time (or ETag), so that
+    a pool rewritten in place under the same names is never taken for the one cached."""
+    import fsspec
+
+    out = []
+    for ref in shards:
+        fs, _, (path,) = fsspec.get_fs_token_paths(ref.path)
+        info = fs.info(path)
+        stamp = info.get("mtime") or info.get("LastModified") or info.get("ETag") or info.get("created")
+        out.append(f"{ref.path}|{info.get('size')}|{stamp}")
+    return out
+
+
 def output_fingerprint(plan: Plan) -> str:
     """What determines the final output: the last stage and the output settings."""
     payload = {"stage": plan.stages[-1].fingerprint, "output": plan.recipe.output.model_dump(exclude={"path"})}
@@ -252,7 +266,7 @@ def run_recipe(recipe: Recipe, *, overwrite: bool = False) -> RunResult:
         else:
             shards = resolve_shards(recipe, run)
             preflight(shards, _column_params(recipe))
-            plan = compile_plan(recipe, [s.path for s in shards])
+            plan = compile_plan(recipe, shard_identities(shards))
         resumed = run.prepare(recipe, output_fingerprint(plan), overwrite=overwrite)
         if recipe.input.format == "urls":
             shards = resolve_shards(recipe, run)

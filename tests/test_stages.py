@@ -219,3 +219,34 @@ def test_stage_outputs_hold_no_image_bytes(three_stage_reference):
             assert {"image_offset", "image_size", "uid"} <= set(names)
         else:
             assert "uid" not in names and "caption" not in names  # only what that stage wrote
+
+
+def test_a_pool_rewritten_in_place_is_not_taken_from_the_cache(ray_session, small_pool, tmp_path):
+    """The cache knows a shard by path, size and modification time, not by name alone."""
+    import os
+    import shutil
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for ext in (".tar", ".parquet"):
+        shutil.copy(small_pool / f"00000000{ext}", pool / f"00000000{ext}")
+    pattern = str(pool / "00000000.tar")
+    first = run_in_process("basic", pattern, tmp_path / "run")
+    assert [s["computed"] for s in first.stages] == [1]
+    with connect(first.run_dir.root) as con:
+        before = {u for (u,) in con.execute("SELECT uid FROM samples").fetchall()}
+    for ext in (".tar", ".parquet"):  # another shard's samples under the same names
+        shutil.copy(small_pool / f"00000001{ext}", pool / f"00000000{ext}")
+        os.utime(pool / f"00000000{ext}", ns=(1, 1))
+    from curate.config import load_recipe
+    from curate.rundir import RunFolderError
+    from curate.runner import run_recipe
+
+    recipe = load_recipe("basic", ["ray.progress_bars=false"], input_path=pattern, output_path=str(tmp_path / "run"))
+    with pytest.raises(RunFolderError, match="different recipe or input"):
+        run_recipe(recipe)
+    second = run_recipe(recipe, overwrite=True)
+    assert [(s["computed"], s["reused"]) for s in second.stages] == [(1, 0)]
+    with connect(second.run_dir.root) as con:
+        uids = {u for (u,) in con.execute("SELECT uid FROM samples").fetchall()}
+    assert len(uids) == len(before) == 300 and not uids & before
