@@ -25,6 +25,7 @@ def _cmd_make_pool(args: argparse.Namespace) -> int:
         seed=args.seed,
         faults=faults,
         workers=args.workers,
+        text_rate=args.text_rate,
     )
     console.print(f"wrote {args.samples} samples to {args.output}: {summary}")
     return 0
@@ -189,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME=RATE",
         help="override one fault rate, e.g. --fault-rate corrupt_image=0.05",
+    )
+    p.add_argument(
+        "--text-rate",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="share of scenes with a short English word on a sign, for OCR (ground truth: gt.text); default 0",
     )
     p.set_defaults(func=_cmd_make_pool)
 

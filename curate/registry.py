@@ -32,6 +32,9 @@ _BUILTIN_STEPS = (
     "filters.metaclip",
     "curate.pack.tokenize",
     "curate.pack.decompose_step",
+    "captioners.ocr",
+    "captioners.tags",
+    "captioners.detector",
 )
 _BUILTIN_READERS = (
     "curate.readers.tar_reader",

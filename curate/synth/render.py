@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageEnhance, ImageFilter
 
 from curate.synth.scene import COLOR_MAX, COLOR_MIN, Rgb, Scene, ShapeSpec
+from curate.synth.text import draw_text
 
 _TILE = 640  # > the largest stored side (512) so every image can take a shifted window
 _NOISE_MAX = 14  # COLOR_MIN * 185 / 255 >= _NOISE_MAX and (highlighted) COLOR_MAX + _NOISE_MAX <= 255
@@ -133,6 +134,8 @@ def render_image(scene: Scene) -> Image.Image:
             **{**s.__dict__, "extent": s.extent * 0.55, "cx": s.cx - s.extent * 0.08, "cy": s.cy - s.extent * 0.08}
         )
         _draw_shape(draw, inner, 0.0, 0.0, (255, 255, 255, 28))
+    if scene.text is not None:  # lit, noised and compressed with the rest of the photo
+        draw_text(draw, scene.text)
     del draw
     for s in scene.shapes:  # soften the aliased edges where they are, not over the whole frame
         x0, y0, x1, y1 = s.bbox()

@@ -88,6 +88,20 @@ class ShapeSpec:
 
 
 @dataclass(frozen=True)
+class TextSpec:
+    """A short word on a sign (a plate with a border), in canvas pixels; see ``curate.synth.text``."""
+
+    word: str  # exactly as drawn (casing included)
+    font_px: int
+    origin: tuple[int, int]  # where the word is drawn (PIL anchor "la": left, ascender)
+    ink_box: Box  # the drawn word's bounding box
+    plate: Box  # the sign behind it
+    plate_rgb: Rgb
+    ink_rgb: Rgb
+    border: int  # border width in pixels, in the ink colour
+
+
+@dataclass(frozen=True)
 class Scene:
     canvas_w: int  # rendered size before any near-duplicate crop
     canvas_h: int
@@ -103,6 +117,7 @@ class Scene:
     crop: Box | None = None  # near-duplicate perturbation, in canvas pixels
     brightness: float = 1.0
     relations: tuple[tuple[int, str, int], ...] = field(default=())
+    text: TextSpec | None = None  # a word on a sign (make_pool's text_rate), drawn over the background
 
     @property
     def crop_size(self) -> tuple[int, int]:
@@ -129,23 +144,26 @@ class Scene:
         """Index of the largest shape (the scene label)."""
         return max(range(len(self.shapes)), key=lambda i: (self.shapes[i].extent, -i))
 
-    def shape_boxes(self) -> list[Box]:
-        """Shape bboxes in stored-image pixels, clipped to the image."""
+    def to_stored(self, box: Box) -> Box:
+        """A canvas-pixel box in stored-image pixels (after any crop and resize), clipped to the image."""
         ox, oy = (self.crop[0], self.crop[1]) if self.crop else (0, 0)
         (cw, ch), (w, h) = self.crop_size, self.size
         fx, fy = w / cw, h / ch
-        out = []
-        for s in self.shapes:
-            x0, y0, x1, y1 = s.bbox()
-            out.append(
-                (
-                    max(0, math.floor((x0 - ox) * fx)),
-                    max(0, math.floor((y0 - oy) * fy)),
-                    min(w, math.ceil((x1 - ox) * fx)),
-                    min(h, math.ceil((y1 - oy) * fy)),
-                )
-            )
-        return out
+        x0, y0, x1, y1 = box
+        return (
+            max(0, math.floor((x0 - ox) * fx)),
+            max(0, math.floor((y0 - oy) * fy)),
+            min(w, math.ceil((x1 - ox) * fx)),
+            min(h, math.ceil((y1 - oy) * fy)),
+        )
+
+    def shape_boxes(self) -> list[Box]:
+        """Shape bboxes in stored-image pixels, clipped to the image."""
+        return [self.to_stored(s.bbox()) for s in self.shapes]
+
+    def text_box(self) -> Box | None:
+        """The word's box in stored-image pixels (None without text)."""
+        return None if self.text is None else self.to_stored(self.text.ink_box)
 
 
 def compute_relations(shapes: tuple[ShapeSpec, ...]) -> tuple[tuple[int, str, int], ...]:

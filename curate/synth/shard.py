@@ -16,6 +16,7 @@ from curate.synth.faults import FaultRates
 from curate.synth.i2d_format import ShardWriter, compute_key, oom_sample_per_shard, write_stats
 from curate.synth.render import corrupt_bytes, render_jpeg
 from curate.synth.scene import Scene, perturb_scene, sample_original_size, sample_scene
+from curate.synth.text import with_text
 
 URL_TEMPLATE = "https://shapes.example/img/{uid}.jpg"
 
@@ -34,6 +35,9 @@ DOWNLOAD_ERRORS: tuple[tuple[str, float], ...] = (
         0.03,
     ),
 )
+
+
+_TEXT_STREAM = 2  # stream 1 corrupts bytes
 
 
 def make_uid(seed: int, shard_id: int, index: int) -> str:
@@ -58,10 +62,15 @@ def _sample_rng(seed: int, shard_id: int, index: int, stream: int = 0) -> np.ran
     return np.random.default_rng([seed, shard_id, index, stream])
 
 
-def _fresh(seed: int, shard_id: int, index: int, uid: str, fault: str) -> PlannedSample:
+def _fresh(seed: int, shard_id: int, index: int, uid: str, fault: str, text_rate: float = 0.0) -> PlannedSample:
     rng = _sample_rng(seed, shard_id, index)
     kind = {"tiny_image": "tiny", "extreme_aspect": "extreme"}.get(fault, "normal")
     scene = sample_scene(rng, *sample_original_size(rng, kind))
+    if text_rate > 0 and fault != "failed_download":
+        # A stream of its own: the scene, its captions and every other sample are as without signs.
+        trng = _sample_rng(seed, shard_id, index, _TEXT_STREAM)
+        if trng.random() < text_rate:
+            scene = with_text(trng, scene)
     true_caption = caption_en(scene, rng)
     s = PlannedSample(index, uid, fault, scene, true_caption, true_caption)
     if fault == "non_english":
@@ -77,27 +86,29 @@ def _fresh(seed: int, shard_id: int, index: int, uid: str, fault: str) -> Planne
     return s
 
 
-def plan_shard(seed: int, shard_id: int, n: int, rates: FaultRates) -> list[PlannedSample]:
-    """Decide every sample of a shard: fault, scene, captions and cross-sample references."""
+def plan_shard(seed: int, shard_id: int, n: int, rates: FaultRates, text_rate: float = 0.0) -> list[PlannedSample]:
+    """Decide every sample of a shard: fault, scene, captions and cross-sample references.
+
+    ``text_rate``: the share of scenes that get a word on a sign (``curate.synth.text``)."""
     rng = np.random.default_rng([seed, shard_id])
     faults = [rates.pick(float(u)) for u in rng.random(n)]
     uids = [make_uid(seed, shard_id, i) for i in range(n)]
     deferred = ("swapped_caption", "near_duplicate")
     plan: list[PlannedSample | None] = [
-        None if f in deferred else _fresh(seed, shard_id, i, uids[i], f) for i, f in enumerate(faults)
+        None if f in deferred else _fresh(seed, shard_id, i, uids[i], f, text_rate) for i, f in enumerate(faults)
     ]
     clean = [i for i, f in enumerate(faults) if f == "none"]
     for i, f in enumerate(faults):
         if f not in deferred:
             continue
         if not clean:  # nothing to borrow from in a tiny shard: the sample stays clean
-            plan[i] = _fresh(seed, shard_id, i, uids[i], "none")
+            plan[i] = _fresh(seed, shard_id, i, uids[i], "none", text_rate)
             continue
         j = clean[int(rng.integers(len(clean)))]
         src = plan[j]
         assert src is not None
         if f == "swapped_caption":
-            s = _fresh(seed, shard_id, i, uids[i], f)
+            s = _fresh(seed, shard_id, i, uids[i], f, text_rate)
             for _ in range(8):  # avoid borrowing a caption that happens to describe this image too
                 if src.caption != s.true_caption:
                     break
@@ -117,13 +128,18 @@ def plan_shard(seed: int, shard_id: int, n: int, rates: FaultRates) -> list[Plan
 def _gt(s: PlannedSample) -> dict[str, Any]:
     scene = s.scene
     boxes = scene.shape_boxes()
-    return {
+    gt: dict[str, Any] = {
         "fault": s.fault,
         "shapes": [
             {"label": sh.label, "color": sh.color, "size": sh.size, "bbox": list(box)}
             for sh, box in zip(scene.shapes, boxes, strict=True)
         ],
         "background": scene.background,
+    }
+    if scene.text is not None:  # only then: pools without signs keep their bytes
+        gt["text"] = {"word": scene.text.word, "box": list(scene.text_box() or ())}
+    return {
+        **gt,
         "relations": [{"subject": a, "relation": r, "object": b} for a, r, b in scene.relations],
         "scene_label": scene.shapes[scene.primary()].label,
         "true_caption": s.true_caption,
@@ -134,10 +150,10 @@ def _gt(s: PlannedSample) -> dict[str, Any]:
 
 
 def write_shard(
-    output_dir: str, shard_id: int, n: int, shard_size: int, seed: int, rates: FaultRates
+    output_dir: str, shard_id: int, n: int, shard_size: int, seed: int, rates: FaultRates, text_rate: float = 0.0
 ) -> dict[str, Any]:
     """Write ``NNNNNNNN.tar``, ``.parquet`` and ``_stats.json``; return counts."""
-    plan = plan_shard(seed, shard_id, n, rates)
+    plan = plan_shard(seed, shard_id, n, rates, text_rate)
     oom = oom_sample_per_shard(shard_size)
     writer = ShardWriter(output_dir, shard_id)
     status: Counter[str] = Counter()
@@ -190,4 +206,5 @@ def write_shard(
         "successes": successes,
         "failed_to_download": failed,
         "faults": dict(Counter(s.fault for s in plan)),
+        "texts": sum(s.scene.text is not None for s in plan if s.fault != "failed_download"),
     }

@@ -24,6 +24,8 @@ GROUND_TRUTH_SCHEMA = pa.schema(
         pa.field("caption", pa.string()),
         pa.field("true_caption", pa.string()),
         pa.field("language", pa.string()),
+        pa.field("text_word", pa.string()),
+        pa.field("text_box", pa.list_(pa.int32())),
     ]
 )
 
@@ -47,7 +49,9 @@ def load_ground_truth(pool_dir: str) -> pa.Table:
 
     Columns: uid, key, shard (shard name, e.g. "00000000"), status, fault, scene_label,
     near_duplicate_of, swapped_with, caption (as in the pool), true_caption (an English caption that
-    describes the image), language (of ``caption`` where the caption is a scene description).
+    describes the image), language (of ``caption`` where the caption is a scene description),
+    text_word and text_box (the word on the scene's sign exactly as drawn, and its [x0, y0, x1, y1]
+    box in stored-image pixels; null where the scene has no sign: see ``make_pool(text_rate=...)``).
     For failed downloads the scene fields are null and ``true_caption`` is the caption.
     """
     cols: dict[str, list[Any]] = {name: [] for name in GROUND_TRUTH_SCHEMA.names}
@@ -69,4 +73,7 @@ def load_ground_truth(pool_dir: str) -> pa.Table:
             cols["caption"].append(row["caption"])
             cols["true_caption"].append(gt.get("true_caption", row["caption"]))
             cols["language"].append(gt.get("language", "en"))
+            text = gt.get("text") or {}
+            cols["text_word"].append(text.get("word"))
+            cols["text_box"].append(text.get("box"))
     return pa.Table.from_pydict(cols, GROUND_TRUTH_SCHEMA)

@@ -1,0 +1,294 @@
+"""Object detection with a closed-set ultralytics YOLO: boxes, labels and scores per image.
+
+The detector is a perception expert for dense captioning (DenseFusion-style hints, GBC entity
+boxes). Each image is decoded once, at about the size the model sees: JPEGs in draft mode (DCT
+scaling) so that the longest side stays at least ``image_size``; then ultralytics' own letterbox and
+NMS run in batches of ``inference_batch_size`` (``model.predict`` on a list of images). Every image is
+letterboxed to the same ``image_size`` square (``rect=False``), so a sample's boxes do not depend on
+which other images share its batch.
+
+Columns (null for rows that failed): ``{prefix}_boxes`` (list of ``[x1, y1, x2, y2]`` normalised
+to 0..1 by the image's width and height, float32 rounded to 3 decimals, best score first),
+``{prefix}_labels`` (list<string>, the model's class names), ``{prefix}_scores`` (list<float32>)
+and ``{prefix}_model`` (the ``weights`` value).
+
+Weights: ``curate-tiny-yolo`` (the default: the model committed under
+``curate/models/tiny_yolo``, trained by ``scripts/train_tiny_yolo.py`` on the shapes world) or a
+local ``.pt`` file. The step never downloads: ultralytics runs with ``YOLO_OFFLINE=1``,
+``YOLO_AUTOINSTALL=0`` and a config folder of our own (``_ultralytics()``), so a name such as
+``yolo11n.pt`` that is not a local file fails at validation instead of reaching for GitHub.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+import curate.models
+from curate.registry import register_step
+from schemas.tables import STATUS_FAILED_DECODE
+
+logger = logging.getLogger(__name__)
+
+TINY_YOLO_NAME = "curate-tiny-yolo"
+TINY_YOLO_DIR = Path(curate.models.__file__).resolve().parent / "tiny_yolo"
+TINY_YOLO_WEIGHTS = TINY_YOLO_DIR / f"{TINY_YOLO_NAME}.pt"
+WEIGHT_SUFFIXES = (".pt", ".pth")
+DEFAULT_IMAGE_SIZE = 640  # ultralytics' default, for weights that do not record theirs
+
+BOX_TYPE = pa.list_(pa.list_(pa.float32(), 4))
+LABEL_TYPE = pa.list_(pa.string())
+SCORE_TYPE = pa.list_(pa.float32())
+
+
+# -- ultralytics, offline and inside folders we own ---------------------------------------------------
+
+
+def ultralytics_config_dir() -> Path:
+    """Our own ``YOLO_CONFIG_DIR``: ``~/.cache/curate/ultralytics``, or the temp dir if that is read-only."""
+    home = Path(os.environ.get("CURATE_CACHE_DIR", Path.home() / ".cache" / "curate")) / "ultralytics"
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        if os.access(home, os.W_OK):
+            return home
+    except OSError:
+        pass
+    alt = Path(tempfile.gettempdir()) / f"curate-ultralytics-{os.getuid()}"
+    alt.mkdir(parents=True, exist_ok=True)
+    return alt
+
+
+def _font_file() -> Path | None:
+    """A TTF shipped by an installed package (matplotlib's DejaVu Sans, else any of PIL's)."""
+    try:
+        import matplotlib
+
+        found = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+        if found.is_file():
+            return found
+    except ImportError:
+        pass
+    import PIL
+
+    return next(iter(sorted(Path(PIL.__file__).parent.rglob("*.ttf"))), None)
+
+
+def _place_fonts(user_dir: Path) -> None:
+    """``check_font`` looks in the config folder first and otherwise goes to the network, even offline."""
+    user_dir.mkdir(parents=True, exist_ok=True)
+    font = _font_file()
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        target = user_dir / name
+        if font is not None and not target.exists():
+            tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
+            shutil.copyfile(font, tmp)
+            os.replace(tmp, target)  # atomic: several actors may place it at once
+
+
+def _ultralytics() -> Any:
+    """Import ultralytics offline: no downloads, no pip installs, no analytics, settings in our folder.
+
+    Must run before anything imports ultralytics (its config folder and online flag are read at
+    import); a process that imported it already keeps whatever it had, and is warned.
+    """
+    if "ultralytics" not in sys.modules:
+        config = ultralytics_config_dir()
+        os.environ["YOLO_OFFLINE"] = "1"
+        os.environ["YOLO_AUTOINSTALL"] = "0"
+        os.environ["YOLO_CONFIG_DIR"] = str(config)
+        _place_fonts(config / "Ultralytics")  # ultralytics' USER_CONFIG_DIR is YOLO_CONFIG_DIR/Ultralytics
+    elif os.environ.get("YOLO_OFFLINE") != "1":
+        logger.warning("ultralytics was imported before curate set YOLO_OFFLINE=1; it may try the network")
+    import ultralytics
+    from ultralytics.utils import SETTINGS
+
+    config = Path(os.environ.get("YOLO_CONFIG_DIR", ultralytics_config_dir()))
+    wanted = {
+        "sync": False,
+        # Integrations that would log runs elsewhere (Ray Tune's would join the Ray session of a run).
+        **{name: False for name in ("raytune", "clearml", "comet", "dvc", "mlflow", "tensorboard", "wandb")},
+        "weights_dir": str(config / "weights"),
+        "runs_dir": str(config / "runs"),
+        "datasets_dir": str(config / "datasets"),
+    }
+    if any(SETTINGS.get(k) != v for k, v in wanted.items()):
+        SETTINGS.update(wanted)  # written once; later imports find it as is
+    return ultralytics
+
+
+# -- params ---------------------------------------------------------------------------------------------
+
+
+def resolve_weights(value: str) -> Path:
+    """The local file a ``weights`` value names; raises ValueError naming the field otherwise."""
+    if value == TINY_YOLO_NAME:
+        if not TINY_YOLO_WEIGHTS.is_file():
+            raise ValueError(f"weights: {TINY_YOLO_WEIGHTS} is missing; run scripts/train_tiny_yolo.py")
+        return TINY_YOLO_WEIGHTS
+    path = Path(value).expanduser()
+    if path.is_file():
+        if path.suffix not in WEIGHT_SUFFIXES:
+            raise ValueError(f"weights: file {value!r} is not a PyTorch checkpoint ({', '.join(WEIGHT_SUFFIXES)})")
+        return path
+    if os.sep in value or path.suffix in WEIGHT_SUFFIXES:
+        raise ValueError(
+            f"weights: value {value!r} is not an existing file; this step never downloads (ultralytics runs "
+            f"with YOLO_OFFLINE=1): fetch the weights where there is internet and give their path, or use "
+            f"{TINY_YOLO_NAME!r}"
+        )
+    raise ValueError(f"weights: value {value!r} is neither {TINY_YOLO_NAME!r} nor a path to a .pt file")
+
+
+class DetectParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    weights: str = Field(
+        default=TINY_YOLO_NAME, description=f"{TINY_YOLO_NAME!r} (committed) or a local ultralytics .pt file"
+    )
+    confidence: float = Field(default=0.25, ge=0.0, le=1.0, description="minimum box score")
+    iou: float = Field(default=0.7, gt=0.0, le=1.0, description="NMS IoU threshold")
+    max_boxes: int = Field(default=20, ge=1, description="most boxes kept per image")
+    image_size: int | None = Field(
+        default=None, ge=32, description="inference size (px); null: the size the weights were trained at"
+    )
+    prefix: str = Field(default="det", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="column name prefix")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    half: Literal["auto", "true", "false"] = Field(default="auto", description="fp16 inference; auto: on cuda")
+    inference_batch_size: int = Field(default=32, ge=1)
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_exist(cls, value: str) -> str:
+        resolve_weights(value)
+        return value
+
+
+# -- decoding -------------------------------------------------------------------------------------------
+
+
+def decode_for_detection(data: bytes | None, size: int) -> Image.Image:
+    """Decode once, RGB; a JPEG in draft mode at the smallest DCT scale whose longest side stays >= size."""
+    if not data:
+        raise ValueError("no image bytes")
+    with Image.open(io.BytesIO(data)) as img:
+        if img.format == "JPEG":
+            w, h = img.size
+            scale = size / max(w, h)
+            if scale < 1:
+                img.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
+        return img.convert("RGB")  # decodes now: truncated or corrupt data raises here
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: value 'cuda' but torch.cuda.is_available() is False; use 'auto' or 'cpu'")
+    return device
+
+
+def trained_image_size(model: Any) -> int | None:
+    """The ``imgsz`` a checkpoint was trained at (ultralytics keeps its train args), if recorded."""
+    size = (getattr(model, "overrides", None) or {}).get("imgsz") or (getattr(model, "ckpt", None) or {}).get(
+        "train_args", {}
+    ).get("imgsz")
+    if isinstance(size, (list, tuple)):
+        size = max(size)
+    return int(size) if size else None
+
+
+@register_step("detect", params=DetectParams, needs_pixels=True, rows="kept")
+class YoloDetector:
+    """Closed-set object detection (ultralytics YOLO): normalised boxes, labels and scores per image."""
+
+    def __init__(self, params: DetectParams):
+        self.params = params
+        ultralytics = _ultralytics()
+        path = resolve_weights(params.weights)
+        self.device = resolve_device(params.device)
+        self.half = params.half == "true" or (params.half == "auto" and self.device == "cuda")
+        try:
+            model = ultralytics.YOLO(str(path), task="detect")
+        except Exception as exc:  # noqa: BLE001 - name the field in whatever ultralytics raised
+            raise ValueError(f"weights: {params.weights!r} ({path}) could not be loaded: {exc}") from exc
+        if model.task != "detect":
+            raise ValueError(f"weights: {params.weights!r} is a {model.task!r} model, not a detector")
+        self.model = model
+        self.names = {int(k): str(v) for k, v in model.names.items()}
+        self.image_size = params.image_size or trained_image_size(model) or DEFAULT_IMAGE_SIZE
+        logger.info(
+            "detect: %s on %s%s, %d px, %d classes",
+            path,
+            self.device,
+            " fp16" if self.half else "",
+            self.image_size,
+            len(self.names),
+        )
+
+    def predict(self, images: list[Image.Image]) -> list[Any]:
+        """ultralytics ``Results`` of one batch of decoded RGB images."""
+        p = self.params
+        return self.model.predict(
+            images,
+            imgsz=self.image_size,
+            conf=p.confidence,
+            iou=p.iou,
+            max_det=p.max_boxes,
+            device=self.device,
+            half=self.half,
+            batch=len(images),
+            rect=False,  # every image letterboxed to the same square: boxes never depend on the batch
+            verbose=False,
+            save=False,
+        )
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        n, bs = batch.num_rows, self.params.inference_batch_size
+        boxes: list[Any] = [None] * n
+        labels: list[Any] = [None] * n
+        scores: list[Any] = [None] * n
+        status = batch["status"].to_pylist()
+        errors = batch["error_message"].to_pylist()
+        images = batch["image"]
+        for start in range(0, n, bs):
+            rows, decoded = [], []
+            # One slice at a time, so at most inference_batch_size images are decoded at once.
+            for offset, data in enumerate(images.slice(start, bs).to_pylist()):
+                i = start + offset
+                try:
+                    decoded.append(decode_for_detection(data, self.image_size))
+                    rows.append(i)
+                except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad data
+                    status[i], errors[i] = STATUS_FAILED_DECODE, f"{type(exc).__name__}: {exc}"
+            if not rows:
+                continue
+            for i, result in zip(rows, self.predict(decoded), strict=True):
+                found = result.boxes
+                xyxyn = np.round(found.xyxyn.cpu().numpy().astype(np.float32).clip(0.0, 1.0), 3)
+                boxes[i] = xyxyn.tolist()
+                labels[i] = [self.names[int(c)] for c in found.cls.cpu().numpy()]
+                scores[i] = found.conf.cpu().numpy().astype(np.float32).tolist()
+        done = [b is not None for b in boxes]
+        p = self.params.prefix
+        batch = batch.set_column(batch.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
+        batch = batch.set_column(
+            batch.schema.get_field_index("error_message"), "error_message", pa.array(errors, pa.string())
+        )
+        batch = batch.append_column(f"{p}_boxes", pa.array(boxes, BOX_TYPE))
+        batch = batch.append_column(f"{p}_labels", pa.array(labels, LABEL_TYPE))
+        batch = batch.append_column(f"{p}_scores", pa.array(scores, SCORE_TYPE))
+        model = [self.params.weights if ok else None for ok in done]
+        return batch.append_column(f"{p}_model", pa.array(model, pa.string()))
