@@ -24,6 +24,7 @@ import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
 from curate.registry import register_step
+from curate.stepkit import resolve_data_path
 from filters.clip_embed import ClipEmbedder, ClipEmbedParams, decode_image
 from schemas.tables import STATUS_FAILED_DECODE
 
@@ -37,7 +38,7 @@ def read_vocabulary(value: str | list[str]) -> list[str]:
     """Entries of a vocabulary list, or of a file with one per line (``#`` starts a comment); order
     kept, duplicates and blanks dropped."""
     if isinstance(value, str):
-        path = Path(value)
+        path = Path(resolve_data_path(value))
         if not path.is_file():
             raise ValueError(f"vocabulary: file {value!r} does not exist (give a file or a list of tags)")
         items = [line.split("#", 1)[0] for line in path.read_text(encoding="utf-8").splitlines()]

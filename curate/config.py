@@ -13,9 +13,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from curate.stepkit import PIPELINES_DIR
 from schemas.recipe import Recipe
 
-PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
+__all__ = ["PIPELINES_DIR", "RecipeError", "load_recipe", "validate_recipe"]
 
 
 class RecipeError(ValueError):

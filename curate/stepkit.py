@@ -7,7 +7,12 @@ imports nothing of the project, so a step stays testable on a plain Arrow table.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
+
+# The built-in recipes' folder: data files named by them (entries, vocabularies) live beside them.
+PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
 
 # A deciding step appends these two columns; the engine folds them into keep / drop_reason /
 # decisions. A null ``step_keep`` means "no decision for this row".
@@ -25,3 +30,14 @@ def append_columns(batch: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:
     for name, values in columns.items():
         batch = batch.append_column(name, values)
     return batch
+
+
+def resolve_data_path(value: str) -> str:
+    """A local path as given, else (relative paths only) the file of that name beside the built-in
+    recipes, so that a built-in recipe finds its data file from any working directory."""
+    if "://" in value or Path(value).is_file() or Path(value).is_absolute():
+        return value
+    for candidate in (PIPELINES_DIR / value, PIPELINES_DIR.parent / value):
+        if candidate.is_file():
+            return str(candidate)
+    return value

@@ -33,10 +33,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from curate.config import PIPELINES_DIR
 from curate.identity import seeded_uniform
 from curate.registry import register_step
-from curate.stepkit import quote_identifier
+from curate.stepkit import quote_identifier, resolve_data_path
 from filters.text_match import PhraseMatcher, read_entries
 
 logger = logging.getLogger(__name__)
@@ -47,15 +46,6 @@ ELIGIBLE = "status = 'success' AND keep"
 _SALT_BASE = 0x4D43_0000_0000  # "MC"
 _READ_ROWS = 65_536  # texts read from the stage at once when counting by matching
 _ALLOWED = "a text file with one entry per line ('#' comments, blank lines ignored) or a .json list of strings"
-
-
-def resolve_entries_path(value: str) -> str:
-    """A local path as given, else (relative paths only) the file of that name beside the built-in
-    recipes, so the built-in ``metaclip`` recipe finds its entries from any working directory."""
-    if "://" in value or Path(value).is_file() or Path(value).is_absolute():
-        return value
-    builtin = PIPELINES_DIR / value
-    return str(builtin) if builtin.is_file() else value
 
 
 class MetaClipParams(BaseModel):
@@ -71,7 +61,7 @@ class MetaClipParams(BaseModel):
     @field_validator("entries")
     @classmethod
     def _readable_entries(cls, value: str) -> str:
-        path = resolve_entries_path(value)
+        path = resolve_data_path(value)
         # Local files are checked with the recipe, before any work; remote ones when the step is built.
         if "://" not in path:
             try:
