@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 import curate.models
 from curate.registry import register_step
+from curate.stepkit import resolve_device, with_status
 from schemas.tables import STATUS_FAILED_DECODE
 
 logger = logging.getLogger(__name__)
@@ -190,16 +191,6 @@ def decode_for_detection(data: bytes | None, size: int) -> Image.Image:
         return img.convert("RGB")  # decodes now: truncated or corrupt data raises here
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: value 'cuda' but torch.cuda.is_available() is False; use 'auto' or 'cpu'")
-    return device
-
-
 def trained_image_size(model: Any) -> int | None:
     """The ``imgsz`` a checkpoint was trained at (ultralytics keeps its train args), if recorded."""
     size = (getattr(model, "overrides", None) or {}).get("imgsz") or (getattr(model, "ckpt", None) or {}).get(
@@ -283,10 +274,7 @@ class YoloDetector:
                 scores[i] = found.conf.cpu().numpy().astype(np.float32).tolist()
         done = [b is not None for b in boxes]
         p = self.params.prefix
-        batch = batch.set_column(batch.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
-        batch = batch.set_column(
-            batch.schema.get_field_index("error_message"), "error_message", pa.array(errors, pa.string())
-        )
+        batch = with_status(batch, status, errors)
         batch = batch.append_column(f"{p}_boxes", pa.array(boxes, BOX_TYPE))
         batch = batch.append_column(f"{p}_labels", pa.array(labels, LABEL_TYPE))
         batch = batch.append_column(f"{p}_scores", pa.array(scores, SCORE_TYPE))

@@ -30,6 +30,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from curate.registry import register_step
+from curate.stepkit import with_status
 from schemas.tables import STATUS_FAILED_DECODE
 
 logger = logging.getLogger(__name__)
@@ -138,10 +139,7 @@ class OcrReader:
             boxes.append(b)
             scores.append(s)
         p = self.params.prefix
-        batch = batch.set_column(batch.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
-        batch = batch.set_column(
-            batch.schema.get_field_index("error_message"), "error_message", pa.array(errors, pa.string())
-        )
+        batch = with_status(batch, status, errors)
         batch = batch.append_column(f"{p}_texts", pa.array(texts, TEXT_TYPE))
         batch = batch.append_column(f"{p}_boxes", pa.array(boxes, BOX_TYPE))
         return batch.append_column(f"{p}_scores", pa.array(scores, SCORE_TYPE))

@@ -41,3 +41,21 @@ def resolve_data_path(value: str) -> str:
         if candidate.is_file():
             return str(candidate)
     return value
+
+
+def with_status(batch: pa.Table, status: list, errors: list) -> pa.Table:
+    """``batch`` with its ``status`` and ``error_message`` columns replaced (a step failed some rows)."""
+    for name, values in (("status", status), ("error_message", errors)):
+        batch = batch.set_column(batch.schema.get_field_index(name), name, pa.array(values, pa.string()))
+    return batch
+
+
+def resolve_device(device: str) -> str:
+    """auto: cuda when torch sees a GPU, else cpu; an explicit cuda without one is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: value 'cuda' but torch.cuda.is_available() is False; use 'auto' or 'cpu'")
+    return device

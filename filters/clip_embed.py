@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from curate.models import TINY_CLIP_NAME, TINY_CLIP_RESIZE_MODE, TINY_CLIP_TAG, TINY_CLIP_WEIGHTS, register_tiny_clip
 from curate.registry import register_step
+from curate.stepkit import resolve_device, with_status
 from schemas.tables import STATUS_FAILED_DECODE
 
 if TYPE_CHECKING:
@@ -238,17 +239,6 @@ def decode_image(data: bytes | None, size: int) -> Image.Image:
         return img.convert("RGB")  # decodes now, so truncated or corrupt data raises here
 
 
-def resolve_device(device: str) -> str:
-    """auto: cuda when torch sees a GPU, else cpu; an explicit cuda without one is an error."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: value 'cuda' but torch.cuda.is_available() is False; use 'auto' or 'cpu'")
-    return device
-
-
 def _fixed_size_list(matrix: np.ndarray, dim: int, valid: np.ndarray) -> pa.FixedSizeListArray:
     values = pa.array(np.ascontiguousarray(matrix, dtype=np.float16).reshape(-1), type=pa.float16())
     mask = None if valid.all() else pa.array(~valid)
@@ -365,10 +355,7 @@ class ClipEmbedder:
                 scores[rows] = (img * txt).sum(dim=-1).cpu().numpy()
                 valid[rows] = True
         p = self.params.prefix
-        batch = batch.set_column(batch.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
-        batch = batch.set_column(
-            batch.schema.get_field_index("error_message"), "error_message", pa.array(errors, pa.string())
-        )
+        batch = with_status(batch, status, errors)
         batch = batch.append_column(f"{p}_image_emb", _fixed_size_list(image_emb, dim, valid))
         batch = batch.append_column(f"{p}_text_emb", _fixed_size_list(text_emb, dim, valid))
         return batch.append_column(f"{p}_score", pa.array(scores, pa.float32(), mask=~valid))

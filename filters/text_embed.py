@@ -20,7 +20,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curate.registry import register_step
-from filters.clip_embed import resolve_device
+from curate.stepkit import resolve_device
 
 logger = logging.getLogger(__name__)
 
