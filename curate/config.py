@@ -131,4 +131,10 @@ def load_recipe(
         raise RecipeError("input.path: value None: an input is required (recipe input.path or --input)")
     if not recipe.output.path:
         raise RecipeError("output.path: value None: an output folder is required (recipe output.path or --output)")
+    if "://" in recipe.output.path:
+        # A URL would otherwise become a local folder named after it (./s3:/bucket/run), silently.
+        raise RecipeError(
+            f"output.path: value {recipe.output.path!r}: run folders on object stores are not supported yet; "
+            "allowed: a local path or a shared filesystem mounted on every node (inputs may be fsspec URLs)"
+        )
     return recipe

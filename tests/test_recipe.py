@@ -100,3 +100,10 @@ def test_set_override_errors():
         apply_overrides({"steps": [{"name": "basic"}]}, ["steps.nope.params.x=1"])
     with pytest.raises(RecipeError, match=r"steps\.1\.params\.min_side.*'abc'"):
         load_recipe("basic", ["steps.1.params.min_side=abc"], input_path="x", output_path="y")
+
+
+def test_an_object_store_output_is_refused_not_written_locally(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RecipeError, match=r"output\.path: value 's3://bucket/run'.*not supported yet"):
+        load_recipe("basic", input_path="pool/*.tar", output_path="s3://bucket/run")
+    assert not any(tmp_path.iterdir())
