@@ -1,4 +1,5 @@
-"""Object detection with a closed-set ultralytics YOLO: boxes, labels and scores per image.
+"""Object detection with ultralytics: a closed-set YOLO, or an open-vocabulary YOLO-World / YOLOE
+told per image which names to look for; boxes, labels and scores per image.
 
 The detector is a perception expert for dense captioning (DenseFusion-style hints, GBC entity
 boxes). Each image is decoded once, at about the size the model sees: JPEGs in draft mode (DCT
@@ -11,6 +12,14 @@ Columns (null for rows that failed): ``{prefix}_boxes`` (list of ``[x1, y1, x2, 
 to 0..1 by the image's width and height, float32 rounded to 3 decimals, best score first),
 ``{prefix}_labels`` (list<string>, the model's class names), ``{prefix}_scores`` (list<float32>)
 and ``{prefix}_model`` (the ``weights`` value).
+
+Open vocabulary: weights whose network is a YOLO-World (``WorldModel``) or YOLOE take the class names
+from ``classes`` (one list for every image) or ``classes_column`` (a list<string> column: each row's
+own names, e.g. the phrases an MLLM named). The names are encoded by ``text_model`` /
+``text_pretrained`` (open_clip; default the committed tiny CLIP, the encoder ``curate-tiny-yolo-world``
+was trained with; YOLO-World's published weights want ``ViT-B-32`` / ``openai``) through
+``prompt_template``, then projected as ``captioners.open_vocab`` explains. ``{prefix}_labels`` are
+then the given names. A row whose list is empty or null gets no boxes (not a failure).
 
 Weights: ``curate-tiny-yolo`` (the default: the model committed under
 ``curate/models/tiny_yolo``, trained by ``scripts/train_tiny_yolo.py`` on the shapes world) or a
@@ -34,11 +43,14 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 import curate.models
+from captioners.open_vocab import PromptEncoder, detector_family, padded_prompts, set_prompts
+from curate.models import TINY_CLIP_NAME
 from curate.registry import register_step
-from curate.stepkit import resolve_device, with_status
+from curate.stepkit import StepInputError, resolve_device, with_status
+from filters.clip_embed import ClipEmbedder, ClipEmbedParams
 from schemas.tables import STATUS_FAILED_DECODE
 
 logger = logging.getLogger(__name__)
@@ -46,6 +58,10 @@ logger = logging.getLogger(__name__)
 TINY_YOLO_NAME = "curate-tiny-yolo"
 TINY_YOLO_DIR = Path(curate.models.__file__).resolve().parent / "tiny_yolo"
 TINY_YOLO_WEIGHTS = TINY_YOLO_DIR / f"{TINY_YOLO_NAME}.pt"
+TINY_WORLD_NAME = "curate-tiny-yolo-world"
+TINY_WORLD_DIR = Path(curate.models.__file__).resolve().parent / "tiny_yolo_world"
+TINY_WORLD_WEIGHTS = TINY_WORLD_DIR / f"{TINY_WORLD_NAME}.pt"
+COMMITTED_WEIGHTS = {TINY_YOLO_NAME: TINY_YOLO_WEIGHTS, TINY_WORLD_NAME: TINY_WORLD_WEIGHTS}
 WEIGHT_SUFFIXES = (".pt", ".pth")
 DEFAULT_IMAGE_SIZE = 640  # ultralytics' default, for weights that do not record theirs
 
@@ -134,10 +150,12 @@ def _ultralytics() -> Any:
 
 def resolve_weights(value: str) -> Path:
     """The local file a ``weights`` value names; raises ValueError naming the field otherwise."""
-    if value == TINY_YOLO_NAME:
-        if not TINY_YOLO_WEIGHTS.is_file():
-            raise ValueError(f"weights: {TINY_YOLO_WEIGHTS} is missing; run scripts/train_tiny_yolo.py")
-        return TINY_YOLO_WEIGHTS
+    if value in COMMITTED_WEIGHTS:
+        committed = COMMITTED_WEIGHTS[value]
+        if not committed.is_file():
+            script = "train_tiny_yolo_world.py" if value == TINY_WORLD_NAME else "train_tiny_yolo.py"
+            raise ValueError(f"weights: {committed} is missing; run scripts/{script}")
+        return committed
     path = Path(value).expanduser()
     if path.is_file():
         if path.suffix not in WEIGHT_SUFFIXES:
@@ -149,7 +167,7 @@ def resolve_weights(value: str) -> Path:
             f"with YOLO_OFFLINE=1): fetch the weights where there is internet and give their path, or use "
             f"{TINY_YOLO_NAME!r}"
         )
-    raise ValueError(f"weights: value {value!r} is neither {TINY_YOLO_NAME!r} nor a path to a .pt file")
+    raise ValueError(f"weights: value {value!r} is none of {sorted(COMMITTED_WEIGHTS)} nor a path to a .pt file")
 
 
 class DetectParams(BaseModel):
@@ -167,12 +185,48 @@ class DetectParams(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     half: Literal["auto", "true", "false"] = Field(default="auto", description="fp16 inference; auto: on cuda")
     inference_batch_size: int = Field(default=32, ge=1)
+    classes: list[str] | None = Field(
+        default=None, description="open-vocabulary weights: the names to detect in every image"
+    )
+    classes_column: str | None = Field(
+        default=None, description="open-vocabulary weights: a list<string> column with each row's own names"
+    )
+    text_model: str = Field(default=TINY_CLIP_NAME, description="open_clip model that encodes the class names")
+    text_pretrained: str | None = Field(default=None, description="its pretrained tag or checkpoint")
+    prompt_template: str = Field(default="{}", description='how a name becomes a prompt, "{}" for the name')
 
     @field_validator("weights")
     @classmethod
     def _weights_exist(cls, value: str) -> str:
         resolve_weights(value)
         return value
+
+    @field_validator("classes")
+    @classmethod
+    def _names(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            value = list(dict.fromkeys(v.strip() for v in value if v and v.strip()))
+            if not value:
+                raise ValueError("classes: give at least one name (or use classes_column)")
+        return value
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _one_slot(cls, value: str) -> str:
+        if value.count("{}") != 1:
+            raise ValueError(f'prompt_template: value {value!r} must contain "{{}}" exactly once')
+        return value
+
+    @model_validator(mode="after")
+    def _one_source_of_names(self) -> DetectParams:
+        if self.classes is not None and self.classes_column is not None:
+            raise ValueError("classes and classes_column: give one of them, not both")
+        ClipEmbedParams(model=self.text_model, pretrained=self.text_pretrained)  # fails naming model/pretrained
+        return self
+
+    @property
+    def open_vocabulary(self) -> bool:
+        return self.classes is not None or self.classes_column is not None
 
 
 # -- decoding -------------------------------------------------------------------------------------------
@@ -203,7 +257,8 @@ def trained_image_size(model: Any) -> int | None:
 
 @register_step("detect", params=DetectParams, needs_pixels=True, rows="kept")
 class YoloDetector:
-    """Closed-set object detection (ultralytics YOLO): normalised boxes, labels and scores per image."""
+    """Object detection (ultralytics YOLO; YOLO-World / YOLOE with names per image): normalised boxes,
+    labels and scores per image."""
 
     def __init__(self, params: DetectParams):
         self.params = params
@@ -218,18 +273,57 @@ class YoloDetector:
         if model.task != "detect":
             raise ValueError(f"weights: {params.weights!r} is a {model.task!r} model, not a detector")
         self.model = model
+        self.family = detector_family(model.model)
+        if self.family is None and params.open_vocabulary:
+            raise ValueError(
+                f"classes / classes_column: weights {params.weights!r} are a closed-set detector (its classes are "
+                f"fixed); open-vocabulary names need YOLO-World or YOLOE weights, e.g. {TINY_WORLD_NAME!r}"
+            )
+        if self.family is not None and not params.open_vocabulary:
+            raise ValueError(
+                f"classes: weights {params.weights!r} are an open-vocabulary {self.family} detector; give the names "
+                f"to look for (classes: [...]) or a column of them (classes_column: ...)"
+            )
         self.names = {int(k): str(v) for k, v in model.names.items()}
         self.image_size = params.image_size or trained_image_size(model) or DEFAULT_IMAGE_SIZE
+        self.prompts: PromptEncoder | None = None
+        if self.family is not None:
+            encoder = ClipEmbedder(
+                ClipEmbedParams(model=params.text_model, pretrained=params.text_pretrained, device=params.device)
+            )
+            self.prompts = PromptEncoder(encoder, params.prompt_template)
+            # The predictor (a deep copy of the network and, on CUDA, a batch-1 warm-up) is set up by the first
+            # predict: do it now with one prompt, so that later per-image prompts go to the copy that runs and
+            # never meet the warm-up.
+            self._prompt([["object"]])
+            self.predict([Image.new("RGB", (self.image_size, self.image_size))])
         logger.info(
-            "detect: %s on %s%s, %d px, %d classes",
+            "detect: %s (%s) on %s%s, %d px, %s",
             path,
+            self.family or "closed set",
             self.device,
             " fp16" if self.half else "",
             self.image_size,
-            len(self.names),
+            f"{len(self.names)} classes" if self.family is None else "names per image",
         )
 
-    def predict(self, images: list[Image.Image]) -> list[Any]:
+    def _prompt(self, per_image: list[list[str]]) -> int:
+        """Set per-image prompts on the network; returns NMS's box budget multiplier (see padded_prompts)."""
+        import torch
+
+        assert self.prompts is not None
+        prompts, copies = padded_prompts(per_image, self.prompts)
+        dtype = torch.float16 if self.half else torch.float32
+        with torch.no_grad():  # YOLOE projects the prompts with its own layers: keep no graph (it is deep-copied)
+            set_prompts(self._network(), self.family, torch.from_numpy(prompts).to(self.device, dtype=dtype))
+        return copies
+
+    def _network(self) -> Any:
+        """The network that runs: the predictor's own deep copy once predict has set it up."""
+        predictor = self.model.predictor
+        return predictor.model.model if predictor is not None else self.model.model
+
+    def predict(self, images: list[Image.Image], box_budget: int = 1) -> list[Any]:
         """ultralytics ``Results`` of one batch of decoded RGB images."""
         p = self.params
         return self.model.predict(
@@ -237,14 +331,30 @@ class YoloDetector:
             imgsz=self.image_size,
             conf=p.confidence,
             iou=p.iou,
-            max_det=p.max_boxes,
+            max_det=p.max_boxes * box_budget,
             device=self.device,
-            half=self.half,
+            quantize=16 if self.half else None,  # ultralytics 8.4 spelling of half=True
             batch=len(images),
             rect=False,  # every image letterboxed to the same square: boxes never depend on the batch
             verbose=False,
             save=False,
         )
+
+    def _names_per_row(self, batch: pa.Table) -> list[list[str]] | None:
+        """Each row's names (open vocabulary), or None (closed set)."""
+        p = self.params
+        if p.classes is not None:
+            return [list(p.classes)] * batch.num_rows
+        if p.classes_column is None:
+            return None
+        if p.classes_column not in batch.column_names:
+            raise StepInputError(
+                f"classes_column: column {p.classes_column!r} is not in the batch ({batch.column_names})"
+            )
+        column = batch[p.classes_column]
+        if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+            raise StepInputError(f"classes_column: column {p.classes_column!r} is {column.type}, not a list of strings")
+        return [list(dict.fromkeys(s.strip() for s in names or [] if s and s.strip())) for names in column.to_pylist()]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n, bs = batch.num_rows, self.params.inference_batch_size
@@ -253,6 +363,7 @@ class YoloDetector:
         scores: list[Any] = [None] * n
         status = batch["status"].to_pylist()
         errors = batch["error_message"].to_pylist()
+        names = self._names_per_row(batch)
         images = batch["image"]
         for start in range(0, n, bs):
             rows, decoded = [], []
@@ -260,18 +371,29 @@ class YoloDetector:
             for offset, data in enumerate(images.slice(start, bs).to_pylist()):
                 i = start + offset
                 try:
-                    decoded.append(decode_for_detection(data, self.image_size))
-                    rows.append(i)
+                    image = decode_for_detection(data, self.image_size)
                 except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad data
                     status[i], errors[i] = STATUS_FAILED_DECODE, f"{type(exc).__name__}: {exc}"
+                    continue
+                if names is not None and not names[i]:
+                    boxes[i], labels[i], scores[i] = [], [], []  # nothing asked for, nothing found
+                    continue
+                decoded.append(image)
+                rows.append(i)
             if not rows:
                 continue
-            for i, result in zip(rows, self.predict(decoded), strict=True):
+            budget = self._prompt([names[i] for i in rows]) if names is not None else 1
+            for i, result in zip(rows, self.predict(decoded, budget), strict=True):
                 found = result.boxes
+                cls = found.cls.cpu().numpy().astype(np.int64)
+                own = np.flatnonzero(cls < len(names[i]))[: self.params.max_boxes] if names is not None else None
                 xyxyn = np.round(found.xyxyn.cpu().numpy().astype(np.float32).clip(0.0, 1.0), 3)
+                conf = found.conf.cpu().numpy().astype(np.float32)
+                if own is not None:  # drop the padding copies (sorted by score already: keep the first)
+                    xyxyn, conf, cls = xyxyn[own], conf[own], cls[own]
                 boxes[i] = xyxyn.tolist()
-                labels[i] = [self.names[int(c)] for c in found.cls.cpu().numpy()]
-                scores[i] = found.conf.cpu().numpy().astype(np.float32).tolist()
+                labels[i] = [names[i][c] for c in cls] if names is not None else [self.names[int(c)] for c in cls]
+                scores[i] = conf.tolist()
         done = [b is not None for b in boxes]
         p = self.params.prefix
         batch = with_status(batch, status, errors)

@@ -24,7 +24,7 @@ import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
 from curate.registry import register_step
-from curate.stepkit import resolve_data_path
+from curate.stepkit import StepInputError, resolve_data_path, with_status
 from filters.clip_embed import ClipEmbedder, ClipEmbedParams, decode_image
 from schemas.tables import STATUS_FAILED_DECODE
 
@@ -128,7 +128,7 @@ class ClipTagger:
         valid = col.is_valid().to_numpy(zero_copy_only=False)
         if pa.types.is_fixed_size_list(col.type):
             if col.type.list_size != dim:
-                raise ValueError(
+                raise StepInputError(
                     f"{self.emb_column} has {col.type.list_size} dimensions, model {self.params.model!r} has "
                     f"{dim}: give the tags step the model that clip_embed used"
                 )
@@ -188,9 +188,6 @@ class ClipTagger:
                 picked = [(t, s) for t, s in picked if s >= floor]
             tags.append([t for t, _ in picked])
             tag_scores.append([s for _, s in picked])
-        batch = batch.set_column(batch.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
-        batch = batch.set_column(
-            batch.schema.get_field_index("error_message"), "error_message", pa.array(errors, pa.string())
-        )
+        batch = with_status(batch, status, errors)
         batch = batch.append_column("tags", pa.array(tags, TAGS_TYPE))
         return batch.append_column("tag_scores", pa.array(tag_scores, SCORES_TYPE))

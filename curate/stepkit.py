@@ -20,6 +20,11 @@ STEP_KEEP = "step_keep"
 STEP_DROP_REASON = "step_drop_reason"
 
 
+class StepInputError(ValueError):
+    """The batch a step is given cannot be what the recipe meant (a missing or mistyped input column):
+    a recipe mistake, so it fails the run naming the field instead of failing every row one by one."""
+
+
 def quote_identifier(name: str) -> str:
     """A column name as a DuckDB identifier for SQL over ``staged`` (any characters, quotes escaped)."""
     return '"' + name.replace('"', '""') + '"'

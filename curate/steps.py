@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from curate.registry import get_step
 from curate.stage_store import BOOKKEEPING_COLUMNS
-from curate.stepkit import STEP_DROP_REASON, STEP_KEEP
+from curate.stepkit import STEP_DROP_REASON, STEP_KEEP, StepInputError
 from schemas.tables import DECISION_TYPE, STATUS_SUCCESS
 
 logger = logging.getLogger(__name__)
@@ -128,6 +128,8 @@ def same_values(a: pa.ChunkedArray, b: pa.ChunkedArray) -> bool:
 def _run_isolating_failures(table: pa.Table, fn: Callable[[pa.Table], pa.Table], step_id: str) -> pa.Table:
     try:
         return fn(table)
+    except StepInputError:
+        raise  # the recipe's mistake, not the rows': every row would fail alike
     except Exception as exc:  # noqa: BLE001 - any failure is isolated to the rows causing it
         logger.warning("step %s failed on a batch of %d (%s); retrying row by row", step_id, table.num_rows, exc)
     pieces = []

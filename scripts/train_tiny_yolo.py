@@ -23,6 +23,7 @@ import shutil
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,19 +82,31 @@ def pool_samples(folder: Path):
             yield key, images[key], metas[key]
 
 
-def yolo_labels(meta: dict, classes: list[str]) -> list[str]:
+def yolo_labels(meta: dict, classes: list[str], class_of: Callable[[dict], str] | None = None) -> list[str]:
     """``cls xc yc w h`` lines (normalised) of a sample's ground-truth shapes."""
+    from curate.synth.scoring import shape_kind
+
+    class_of = class_of or shape_kind
     w, h = meta["width"], meta["height"]
     lines = []
     for shape in meta["gt"]["shapes"]:
         x0, y0, x1, y1 = shape["bbox"]
         xc, yc, bw, bh = (x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h
-        lines.append(f"{classes.index(shape['label'])} {xc:.6f} {yc:.6f} {bw:.6f} {bh:.6f}")
+        lines.append(f"{classes.index(class_of(shape))} {xc:.6f} {yc:.6f} {bw:.6f} {bh:.6f}")
     return lines
 
 
-def write_split(pool: Path, root: Path, split: str, classes: list[str], imgsz: int) -> int:
-    """Images decoded as the ``detect`` step decodes them (saved losslessly) and their label files."""
+def write_split(
+    pool: Path,
+    root: Path,
+    split: str,
+    classes: list[str],
+    imgsz: int,
+    class_of: Callable[[dict], str] | None = None,
+    keep: Callable[[dict], bool] = lambda meta: True,
+) -> int:
+    """Images decoded as the ``detect`` step decodes them (saved losslessly) and their label files;
+    only samples whose json ``keep`` accepts."""
     from captioners.detector import decode_for_detection
 
     images, labels = root / "images" / split, root / "labels" / split
@@ -103,11 +116,13 @@ def write_split(pool: Path, root: Path, split: str, classes: list[str], imgsz: i
     labels.mkdir(parents=True)
     n = 0
     for key, data, meta in pool_samples(pool):
+        if not keep(meta):
+            continue
         img = decode_for_detection(data, imgsz)
         buf = io.BytesIO()
         img.save(buf, format="PNG", compress_level=1)
         (images / f"{key}.png").write_bytes(buf.getvalue())
-        (labels / f"{key}.txt").write_text("\n".join(yolo_labels(meta, classes)) + "\n")
+        (labels / f"{key}.txt").write_text("\n".join(yolo_labels(meta, classes, class_of)) + "\n")
         n += 1
     return n
 

@@ -3,14 +3,9 @@ ultralytics, and the quality of its boxes in a real run against the pool's groun
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import tarfile
-from collections import defaultdict
-from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pytest
 from run_helpers import run_in_process
@@ -20,6 +15,7 @@ from captioners.detector import BOX_TYPE, TINY_YOLO_NAME, TINY_YOLO_WEIGHTS, ult
 from curate.readers.base import list_shards, read_shard
 from curate.steps import StepRunner
 from curate.synth import SHAPES, FaultRates, make_pool
+from curate.synth.scoring import match_at_iou, pool_truth
 from schemas.tables import STATUS_FAILED_DECODE, empty_sample_table, rows_to_sample_table
 
 CPU = {"device": "cpu"}
@@ -102,7 +98,10 @@ def test_params_change_the_output(shapes):
     [
         ({"weights": "/no/such/yolo.pt"}, "weights: value '/no/such/yolo.pt' is not an existing file"),
         ({"weights": "yolo11n.pt"}, "weights: value 'yolo11n.pt' is not an existing file; this step never downloads"),
-        ({"weights": "yolo-of-my-dreams"}, "weights: value 'yolo-of-my-dreams' is neither 'curate-tiny-yolo'"),
+        (
+            {"weights": "yolo-of-my-dreams"},
+            "weights: value 'yolo-of-my-dreams' is none of ['curate-tiny-yolo', 'curate-tiny-yolo-world']",
+        ),
         ({"confidence": 1.5}, "confidence"),
         ({"threshold": 0.3}, "threshold"),
     ],
@@ -134,54 +133,6 @@ def test_ultralytics_runs_offline_in_our_config_folder(detector):
 
 
 # -- quality in a real run ----------------------------------------------------------------------------
-
-
-def _pool_truth(pool: Path) -> dict[str, list[tuple[str, list[float]]]]:
-    """uid -> [(shape kind, normalised [x1, y1, x2, y2])] from each sample's json (``gt.shapes``)."""
-    truth = {}
-    for tar_path in sorted(pool.glob("*.tar")):
-        with tarfile.open(tar_path) as tf:
-            for member in tf:
-                if not member.name.endswith(".json"):
-                    continue
-                meta = json.loads(tf.extractfile(member).read())
-                if not meta.get("gt") or meta.get("status") != "success":
-                    continue
-                w, h = meta["width"], meta["height"]
-                truth[meta["uid"]] = [
-                    (s["label"], [s["bbox"][0] / w, s["bbox"][1] / h, s["bbox"][2] / w, s["bbox"][3] / h])
-                    for s in meta["gt"]["shapes"]
-                ]
-    return truth
-
-
-def _iou(a: list[float], b: list[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def match_at_iou(predicted, truth, threshold: float = 0.5) -> dict[str, dict[str, int]]:
-    """Per class true positives, predictions and ground-truth boxes: each image's predictions, best
-    score first, greedily take the unmatched ground-truth box of their class with the highest IoU."""
-    counts: dict[str, dict[str, int]] = defaultdict(lambda: {"tp": 0, "pred": 0, "gt": 0})
-    for uid, (boxes, labels, scores) in predicted.items():
-        gts = truth[uid]
-        for label, _ in gts:
-            counts[label]["gt"] += 1
-        used = [False] * len(gts)
-        for k in np.argsort(-np.asarray(scores, np.float64), kind="stable"):
-            counts[labels[k]]["pred"] += 1
-            best, best_iou = -1, threshold
-            for j, (label, box) in enumerate(gts):
-                if not used[j] and label == labels[k] and (iou := _iou(boxes[k], box)) >= best_iou:
-                    best, best_iou = j, iou
-            if best >= 0:
-                used[best] = True
-                counts[labels[k]]["tp"] += 1
-    return dict(counts)
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +173,7 @@ def test_detections_in_a_run_match_the_ground_truth(detect_run, small_pool):
     # rows: kept: exactly the rows image_check and basic kept were detected (detect drops nothing).
     assert len(rows) == kept > 800 and all(r[5] for r in rows)
     assert {r[4] for r in rows} == {TINY_YOLO_NAME}
-    truth = _pool_truth(small_pool)
+    truth = pool_truth(small_pool)
     predicted = {uid: (boxes, labels, scores) for uid, boxes, labels, scores, _, _ in rows}
     counts = match_at_iou(predicted, truth)
     tp = sum(c["tp"] for c in counts.values())

@@ -15,6 +15,7 @@ from captioners.ocr import BOX_TYPE, SCORE_TYPE, TEXT_TYPE, is_latin
 from curate.readers.base import list_shards, read_shard
 from curate.steps import StepRunner
 from curate.synth import FaultRates, load_ground_truth, make_pool
+from curate.synth.scoring import box_iou
 from curate.synth.text import font
 from schemas.tables import STATUS_FAILED_DECODE, empty_sample_table, rows_to_sample_table
 
@@ -48,13 +49,6 @@ def levenshtein(a: str, b: str) -> int:
     return prev[-1]
 
 
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
-    return ix * iy / union if union > 0 else 0.0
-
-
 @pytest.fixture(scope="module")
 def ocr() -> StepRunner:
     return StepRunner("ocr", "ocr", ONE_THREAD, rows="kept")
@@ -76,7 +70,7 @@ def test_reads_a_word_with_its_box(ocr):
     (box,) = out["ocr_boxes"][0].as_py()
     ink = font(44).getbbox("COFFEE", anchor="la")
     truth = [(40 + ink[0]) / 320, (50 + ink[1]) / 160, (40 + ink[2]) / 320, (50 + ink[3]) / 160]
-    assert _iou(box, truth) > 0.6, (box, truth)
+    assert box_iou(box, truth) > 0.6, (box, truth)
     assert 0.8 <= out["ocr_scores"][0].as_py()[0] <= 1.0
     assert out["ocr_texts"][1].as_py() == [] and out["ocr_boxes"][1].as_py() == []  # nothing to read
     assert out["status"].to_pylist() == ["success", "success", STATUS_FAILED_DECODE, "failed_to_download"]
@@ -160,8 +154,8 @@ def test_reads_the_signs_of_an_unseen_pool(ocr_run, sign_pool):
         box = [x0 / w, y0 / h, x1 / w, y1 / h]
         best, best_iou = "", 0.0
         for text, b in zip(row["ocr_texts"], row["ocr_boxes"], strict=True):
-            if _iou(box, b) > best_iou:
-                best, best_iou = text, _iou(box, b)
+            if box_iou(box, b) > best_iou:
+                best, best_iou = text, box_iou(box, b)
         exact += best == gt["text_word"]
         cers.append(levenshtein(best, gt["text_word"]) / len(gt["text_word"]))
     assert len(cers) >= 25 and plain >= 5

@@ -1,0 +1,84 @@
+"""Detections scored against a synthetic pool's ground-truth boxes (tests, training cards, benches)."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+Box = list[float]  # [x1, y1, x2, y2], normalised to 0..1
+
+
+def shape_kind(shape: dict) -> str:
+    """A ground-truth shape's kind ("circle"): the closed-set detector's class."""
+    return shape["label"]
+
+
+def shape_phrase(shape: dict) -> str:
+    """A ground-truth shape's colour and kind ("red circle"): the open-vocabulary detector's name."""
+    return f"{shape['color']} {shape['label']}"
+
+
+def box_iou(a: Box, b: Box) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def pool_truth(pool: Path, class_of: Callable[[dict], str] = shape_kind) -> dict[str, list[tuple[str, Box]]]:
+    """uid -> [(class, normalised box)] of every successful sample's ``gt.shapes`` in the pool's tars."""
+    truth = {}
+    for tar_path in sorted(Path(pool).glob("*.tar")):
+        with tarfile.open(tar_path) as tf:
+            for member in tf:
+                if not member.name.endswith(".json"):
+                    continue
+                meta = json.loads(tf.extractfile(member).read())
+                if not meta.get("gt") or meta.get("status") != "success":
+                    continue
+                w, h = meta["width"], meta["height"]
+                truth[meta["uid"]] = [
+                    (class_of(s), [s["bbox"][0] / w, s["bbox"][1] / h, s["bbox"][2] / w, s["bbox"][3] / h])
+                    for s in meta["gt"]["shapes"]
+                ]
+    return truth
+
+
+def match_at_iou(
+    predicted: dict[str, tuple[list[Box], list[str], list[float]]],
+    truth: dict[str, list[tuple[str, Box]]],
+    threshold: float = 0.5,
+) -> dict[str, dict[str, int]]:
+    """Per class true positives, predictions and ground-truth boxes: each image's predictions, best
+    score first, greedily take the unmatched ground-truth box of their class with the highest IoU."""
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: {"tp": 0, "pred": 0, "gt": 0})
+    for uid, (boxes, labels, scores) in predicted.items():
+        gts = truth[uid]
+        for label, _ in gts:
+            counts[label]["gt"] += 1
+        used = [False] * len(gts)
+        for k in np.argsort(-np.asarray(scores, np.float64), kind="stable"):
+            counts[labels[k]]["pred"] += 1
+            best, best_iou = -1, threshold
+            for j, (label, box) in enumerate(gts):
+                if not used[j] and label == labels[k] and (iou := box_iou(boxes[k], box)) >= best_iou:
+                    best, best_iou = j, iou
+            if best >= 0:
+                used[best] = True
+                counts[labels[k]]["tp"] += 1
+    return dict(counts)
+
+
+def totals(counts: dict[str, dict[str, int]], classes: set[str] | None = None) -> tuple[float, float]:
+    """(precision, recall) summed over ``classes`` (all when None); 0 where there is nothing to divide."""
+    picked = [c for k, c in counts.items() if classes is None or k in classes]
+    tp = sum(c["tp"] for c in picked)
+    pred = sum(c["pred"] for c in picked)
+    gt = sum(c["gt"] for c in picked)
+    return (tp / pred if pred else 0.0, tp / gt if gt else 0.0)
