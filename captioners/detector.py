@@ -221,7 +221,8 @@ class DetectParams(BaseModel):
     def _one_source_of_names(self) -> DetectParams:
         if self.classes is not None and self.classes_column is not None:
             raise ValueError("classes and classes_column: give one of them, not both")
-        ClipEmbedParams(model=self.text_model, pretrained=self.text_pretrained)  # fails naming model/pretrained
+        if self.open_vocabulary:  # open_clip's name checks import torch: only when the names are encoded
+            ClipEmbedParams(model=self.text_model, pretrained=self.text_pretrained)  # fails naming the field
         return self
 
     @property

@@ -35,6 +35,7 @@ _BUILTIN_STEPS = (
     "captioners.ocr",
     "captioners.tags",
     "captioners.detector",
+    "captioners.dense",
 )
 _BUILTIN_READERS = (
     "curate.readers.tar_reader",

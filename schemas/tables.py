@@ -16,6 +16,8 @@ STATUS_FAILED_RESIZE = "failed_to_resize"
 STATUS_FAILED_READ = "failed_to_read"  # listed by the pool but missing or unreadable in the tar
 STATUS_FAILED_DECODE = "failed_to_decode"  # bytes present but not a decodable image
 STATUS_DUPLICATE_KEY = "failed_duplicate_key"  # a tar key seen before, apart from its first sample
+STATUS_FAILED_CAPTION = "failed_to_caption"  # the model's answer is empty, malformed, cut off or a refusal
+STATUS_CAPTION_UNAVAILABLE = "failed_caption_unavailable"  # the model could not answer (server, OOM): transient
 
 READ_STEP = "read"  # the pseudo-step that decisions name for failures while reading the pool
 

@@ -167,27 +167,7 @@ def main(argv: list[str] | None = None) -> None:
 
     model = ultralytics.YOLO("yolo11n.yaml")
     t0 = time.perf_counter()
-    model.train(
-        data=str(data_yaml(data_root, classes, "eval")),
-        imgsz=args.imgsz,
-        epochs=args.epochs,
-        batch=args.batch_size,
-        nbs=args.nbs,
-        optimizer="AdamW",
-        lr0=args.lr,
-        momentum=0.9,
-        device="cpu",
-        plots=False,
-        workers=0,
-        amp=False,
-        val=False,  # validates once, after the last epoch
-        seed=0,
-        deterministic=True,
-        project=str(args.work / "runs"),
-        name="train",
-        exist_ok=True,
-        verbose=False,
-    )
+    fit(model, data_yaml(data_root, classes, "eval"), args, nbs=args.nbs)
     timings["train"] = time.perf_counter() - t0
     trained = Path(model.trainer.last)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -204,6 +184,32 @@ def main(argv: list[str] | None = None) -> None:
     card = render_card(args, classes, n_params, weights, n_train, n_eval, metrics, timings)
     (args.out / "MODEL_CARD.md").write_text(card)
     logger.info("wrote %s and MODEL_CARD.md in %.0f s", weights, timings["total"])
+
+
+def fit(model: Any, data: Path, args: argparse.Namespace, nbs: int, **extra: Any) -> None:
+    """ultralytics ``train`` on CPU with the settings both tiny detectors use (see the model cards)."""
+    model.train(
+        data=str(data),
+        imgsz=args.imgsz,
+        epochs=args.epochs,
+        batch=args.batch_size,
+        nbs=nbs,
+        optimizer="AdamW",
+        lr0=args.lr,
+        momentum=0.9,
+        device="cpu",
+        plots=False,
+        workers=0,
+        amp=False,
+        val=False,  # validates once, after the last epoch
+        seed=0,
+        deterministic=True,
+        project=str(args.work / "runs"),
+        name="train",
+        exist_ok=True,
+        verbose=False,
+        **extra,
+    )
 
 
 def evaluate(ultralytics: Any, weights: Path, data: Path, args: argparse.Namespace, classes: list[str]) -> dict:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_tiny_yolo import data_yaml, generate_pool, write_split  # noqa: E402
+from train_tiny_yolo import data_yaml, fit, generate_pool, write_split  # noqa: E402
 
 logger = logging.getLogger("train_tiny_yolo_world")
 
@@ -164,28 +164,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def train(ultralytics: Any, args: argparse.Namespace, data_root: Path, seen: list[str], weights: Path) -> None:
     model = ultralytics.YOLO("yolov8n-worldv2.yaml")
-    model.train(
-        trainer=make_trainer_class(),
-        data=str(data_yaml(data_root, seen, "val")),
-        imgsz=args.imgsz,
-        epochs=args.epochs,
-        batch=args.batch_size,
-        nbs=args.batch_size,  # no gradient accumulation (see curate-tiny-yolo's card)
-        optimizer="AdamW",
-        lr0=args.lr,
-        momentum=0.9,
-        device="cpu",
-        plots=False,
-        workers=0,
-        amp=False,
-        val=False,  # validates once, after the last epoch
-        seed=0,
-        deterministic=True,
-        project=str(args.work / "runs"),
-        name="train",
-        exist_ok=True,
-        verbose=False,
-    )
+    # nbs equal to the batch: no gradient accumulation (see curate-tiny-yolo's card)
+    fit(model, data_yaml(data_root, seen, "val"), args, nbs=args.batch_size, trainer=make_trainer_class())
     args.out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(Path(model.trainer.last), weights)
     weights.chmod(0o644)

@@ -128,3 +128,30 @@ def caption_too_short(scene: Scene, rng: np.random.Generator) -> str:
 
 def caption_empty(rng: np.random.Generator) -> str:
     return _pick(rng, ("", "", " ", "  ", "\n", "\t", " \n "))
+
+
+_VAGUE = (
+    "colorful abstract art",
+    "a nice picture",
+    "geometric pattern wallpaper",
+    "my new design, what do you think",
+    "shapes",
+    "modern art print for the living room",
+)
+
+
+def caption_largest_only(scene: Scene, rng: np.random.Generator) -> str:
+    """Web alt-text that names only the most prominent shape."""
+    s = scene.shapes[scene.primary()]
+    return _pick(rng, (f"{noun_phrase(s)}", f"{noun_phrase(s)} on {_bg(scene, rng)}", f"photo of {noun_phrase(s)}"))
+
+
+def caption_vague(rng: np.random.Generator) -> str:
+    """Web alt-text that names no shape at all."""
+    return _pick(rng, _VAGUE)
+
+
+def caption_filename(rng: np.random.Generator) -> str:
+    """A camera or upload file name as alt-text."""
+    n = int(rng.integers(1000, 9999))
+    return _pick(rng, (f"IMG_{n}.JPG", f"DSC0{n}.jpg", f"image ({n % 20}).png", f"{n}_final_v2.jpg"))

@@ -21,6 +21,9 @@ class FaultRates:
     near_duplicate: float = 0.04
     corrupt_image: float = 0.02
     failed_download: float = 0.05
+    alt_largest_only: float = 0.0  # names only the largest shape
+    alt_vague: float = 0.0  # names no shape ("colorful abstract art")
+    alt_filename: float = 0.0  # a camera file name ("IMG_4821.JPG")
 
     def __post_init__(self) -> None:
         total = 0.0

@@ -31,22 +31,29 @@ def box_iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def pool_truth(pool: Path, class_of: Callable[[dict], str] = shape_kind) -> dict[str, list[tuple[str, Box]]]:
-    """uid -> [(class, normalised box)] of every successful sample's ``gt.shapes`` in the pool's tars."""
-    truth = {}
+def pool_metas(pool: Path) -> dict[str, dict]:
+    """uid -> sample json of every successful sample with a ground truth, from the pool's tars."""
+    metas = {}
     for tar_path in sorted(Path(pool).glob("*.tar")):
         with tarfile.open(tar_path) as tf:
             for member in tf:
                 if not member.name.endswith(".json"):
                     continue
                 meta = json.loads(tf.extractfile(member).read())
-                if not meta.get("gt") or meta.get("status") != "success":
-                    continue
-                w, h = meta["width"], meta["height"]
-                truth[meta["uid"]] = [
-                    (class_of(s), [s["bbox"][0] / w, s["bbox"][1] / h, s["bbox"][2] / w, s["bbox"][3] / h])
-                    for s in meta["gt"]["shapes"]
-                ]
+                if meta.get("gt") and meta.get("status") == "success":
+                    metas[meta["uid"]] = meta
+    return metas
+
+
+def pool_truth(pool: Path, class_of: Callable[[dict], str] = shape_kind) -> dict[str, list[tuple[str, Box]]]:
+    """uid -> [(class, normalised box)] of every successful sample's ``gt.shapes`` in the pool's tars."""
+    truth = {}
+    for uid, meta in pool_metas(pool).items():
+        w, h = meta["width"], meta["height"]
+        truth[uid] = [
+            (class_of(s), [s["bbox"][0] / w, s["bbox"][1] / h, s["bbox"][2] / w, s["bbox"][3] / h])
+            for s in meta["gt"]["shapes"]
+        ]
     return truth
 
 

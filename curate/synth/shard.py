@@ -10,7 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from curate.synth.captions_en import caption_empty, caption_en, caption_too_short
+from curate.synth.captions_en import (
+    caption_empty,
+    caption_en,
+    caption_filename,
+    caption_largest_only,
+    caption_too_short,
+    caption_vague,
+)
 from curate.synth.captions_i18n import caption_foreign
 from curate.synth.faults import FaultRates
 from curate.synth.i2d_format import ShardWriter, compute_key, oom_sample_per_shard, write_stats
@@ -79,6 +86,12 @@ def _fresh(seed: int, shard_id: int, index: int, uid: str, fault: str, text_rate
         s.caption = caption_too_short(scene, rng)
     elif fault == "empty_caption":
         s.caption = caption_empty(rng)
+    elif fault == "alt_largest_only":
+        s.caption = caption_largest_only(scene, rng)
+    elif fault == "alt_vague":
+        s.caption = caption_vague(rng)
+    elif fault == "alt_filename":
+        s.caption = caption_filename(rng)
     elif fault == "failed_download":
         msgs, probs = zip(*DOWNLOAD_ERRORS, strict=True)
         p = np.asarray(probs) / sum(probs)

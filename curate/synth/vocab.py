@@ -69,6 +69,11 @@ FAULTS: tuple[str, ...] = (
     "near_duplicate",
     "corrupt_image",
     "failed_download",
+    # Alt-text as the web writes it (the image is fine, the text undersells it); last, at rate 0 by
+    # default, so that pools made without them keep their bytes.
+    "alt_largest_only",
+    "alt_vague",
+    "alt_filename",
 )
 
 LANGUAGES: tuple[str, ...] = ("fr", "de", "es", "it", "pt")

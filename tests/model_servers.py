@@ -1,0 +1,98 @@
+"""Model servers the tests start on 127.0.0.1: a real OpenAI-compatible one (``transformers serve``
+with the committed tiny LLaVA) and deliberately broken ones (errors, hangs, resets) for fault cases."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def transformers_serve(model_dir: Path, timeout_s: float = 180.0) -> Iterator[str]:
+    """``transformers serve MODEL`` on a free port; yields the base URL (``.../v1``)."""
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cli = Path(sys.executable).with_name("transformers")
+    cmd = [str(cli), "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"transformers serve exited {proc.returncode}: {proc.stderr.read()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/v1/models", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"transformers serve did not answer on {url} in {timeout_s:.0f} s") from None
+                time.sleep(0.5)
+        yield f"{url}/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+class _Broken(http.server.BaseHTTPRequestHandler):
+    mode = "error"
+    calls = 0
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        type(self).calls += 1
+        length = int(self.headers.get("content-length") or 0)
+        self.rfile.read(length)
+        if self.mode == "error":
+            self._json(503, b'{"error": {"message": "the model fell over", "type": "server_error"}}')
+        elif self.mode == "hang":
+            time.sleep(30)
+        elif self.mode == "reset":
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            self.connection.close()
+        elif self.mode == "bad_request":
+            self._json(400, b'{"error": {"message": "image is not valid", "type": "invalid_request_error"}}')
+
+    def _json(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@contextlib.contextmanager
+def broken_server(mode: str) -> Iterator[tuple[str, type[_Broken]]]:
+    """A server that answers every request badly (``error``: 503, ``hang``: never, ``reset``: closes
+    the connection, ``bad_request``: 400); yields (base URL, handler class with its call count)."""
+    handler = type(f"Broken_{mode}", (_Broken,), {"mode": mode, "calls": 0})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    server.block_on_close = False  # a hanging handler must not hold the test up at close
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", handler
+    finally:
+        server.shutdown()
+        server.server_close()
