@@ -21,7 +21,7 @@ from captioners.hints import Hints, PromptTemplate
 def load(pattern: str, size: int) -> list[tuple[Image.Image, str]]:
     out = []
     for url in braceexpand.braceexpand(pattern):
-        for sample in wds.WebDataset(url, shardshuffle=False, empty_check=False):
+        for sample in wds.WebDataset(url, shardshuffle=False, handler=wds.warn_and_continue):
             if "jpg" not in sample:
                 continue
             try:
