@@ -57,28 +57,37 @@ def pool_truth(pool: Path, class_of: Callable[[dict], str] = shape_kind) -> dict
     return truth
 
 
+def greedy_matches(
+    boxes: list[Box], labels: list[str], scores: list[float], gts: list[tuple[str, Box]], threshold: float
+) -> list[tuple[int, bool]]:
+    """One image: its predictions best score first, each taking the unmatched ground-truth box of its
+    class with the highest IoU >= threshold; (prediction index, matched) in that order."""
+    used = [False] * len(gts)
+    out = []
+    for k in np.argsort(-np.asarray(scores, np.float64), kind="stable"):
+        best, best_iou = -1, threshold
+        for j, (label, box) in enumerate(gts):
+            if not used[j] and label == labels[k] and (iou := box_iou(boxes[k], box)) >= best_iou:
+                best, best_iou = j, iou
+        if best >= 0:
+            used[best] = True
+        out.append((int(k), best >= 0))
+    return out
+
+
 def match_at_iou(
     predicted: dict[str, tuple[list[Box], list[str], list[float]]],
     truth: dict[str, list[tuple[str, Box]]],
     threshold: float = 0.5,
 ) -> dict[str, dict[str, int]]:
-    """Per class true positives, predictions and ground-truth boxes: each image's predictions, best
-    score first, greedily take the unmatched ground-truth box of their class with the highest IoU."""
+    """Per class true positives, predictions and ground-truth boxes (matching: :func:`greedy_matches`)."""
     counts: dict[str, dict[str, int]] = defaultdict(lambda: {"tp": 0, "pred": 0, "gt": 0})
     for uid, (boxes, labels, scores) in predicted.items():
-        gts = truth[uid]
-        for label, _ in gts:
+        for label, _ in truth[uid]:
             counts[label]["gt"] += 1
-        used = [False] * len(gts)
-        for k in np.argsort(-np.asarray(scores, np.float64), kind="stable"):
+        for k, matched in greedy_matches(boxes, labels, scores, truth[uid], threshold):
             counts[labels[k]]["pred"] += 1
-            best, best_iou = -1, threshold
-            for j, (label, box) in enumerate(gts):
-                if not used[j] and label == labels[k] and (iou := box_iou(boxes[k], box)) >= best_iou:
-                    best, best_iou = j, iou
-            if best >= 0:
-                used[best] = True
-                counts[labels[k]]["tp"] += 1
+            counts[labels[k]]["tp"] += matched
     return dict(counts)
 
 
@@ -89,3 +98,32 @@ def totals(counts: dict[str, dict[str, int]], classes: set[str] | None = None) -
     pred = sum(c["pred"] for c in picked)
     gt = sum(c["gt"] for c in picked)
     return (tp / pred if pred else 0.0, tp / gt if gt else 0.0)
+
+
+def average_precision(
+    predicted: dict[str, tuple[list[Box], list[str], list[float]]],
+    truth: dict[str, list[tuple[str, Box]]],
+    threshold: float = 0.5,
+) -> dict[str, float]:
+    """Per class AP at ``threshold`` IoU (all-point interpolation, as COCO's and ultralytics' AP50):
+    detections ranked by score across images, matched per image by :func:`greedy_matches`. Over
+    detections cut at a confidence floor it is a lower bound of the model's full-curve AP."""
+    hits: dict[str, list[tuple[float, bool]]] = defaultdict(list)
+    n_gt: dict[str, int] = defaultdict(int)
+    for gts in truth.values():
+        for label, _ in gts:
+            n_gt[label] += 1
+    for uid, (boxes, labels, scores) in predicted.items():
+        for k, matched in greedy_matches(boxes, labels, scores, truth[uid], threshold):
+            hits[labels[k]].append((float(scores[k]), matched))
+    out = {}
+    for label, total in n_gt.items():
+        ranked = sorted(hits.get(label, []), key=lambda h: -h[0])
+        if not ranked:
+            out[label] = 0.0
+            continue
+        tp = np.cumsum([h[1] for h in ranked], dtype=np.float64)
+        recall, precision = tp / total, tp / np.arange(1, len(tp) + 1)
+        envelope = np.maximum.accumulate(precision[::-1])[::-1]  # precision made monotone from the right
+        out[label] = float(np.sum(np.diff(np.concatenate([[0.0], recall])) * envelope))
+    return out
