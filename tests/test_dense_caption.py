@@ -4,6 +4,7 @@ quality of the captions against the ground truth, with and without the experts' 
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -275,7 +276,8 @@ def test_dense_caption_recipe_captions_only_the_kept_rows(ray_session, tmp_path)
 
     pool = tmp_path / "pool"
     make_pool(str(pool), samples=160, shard_size=80, seed=14, text_rate=0.3)
-    run = run_in_process("dense_caption", pool_pattern(pool), tmp_path / "run", [])
+    # The dense caption becomes each sample's txt; every caption (and the hints) is in its json.
+    run = run_in_process("dense_caption", pool_pattern(pool), tmp_path / "run", ["output.caption_field=dense_caption"])
     with connect(run.run_dir.root) as con:
         passed, asked, wrongly = con.execute(
             """SELECT
@@ -293,6 +295,13 @@ def test_dense_caption_recipe_captions_only_the_kept_rows(ray_session, tmp_path)
     # that image_check, basic or the CLIP cut dropped ever reached the MLLM.
     assert passed > 50 and asked == passed and wrongly == 0
     assert all(r[0] and r[1] and r[2] and r[3] > 0 for r in rows)
+    import webdataset as wds
+
+    (shard, *_) = sorted((run.run_dir.root / "shards").glob("*.tar"))
+    sample = next(iter(wds.WebDataset(str(shard), shardshuffle=False)))
+    meta = json.loads(sample["json"])
+    assert sample["txt"].decode() == meta["dense_caption"] and meta["dense_description"]
+    assert meta["caption"] and meta["dense_hints"] and meta["dense_prompt_version"].startswith("dense_caption@")
 
 
 def test_vllm_requests_are_built_without_vllm():
@@ -318,3 +327,12 @@ def test_vllm_requests_are_built_without_vllm():
     except ImportError:
         with pytest.raises(ValueError, match=r"backend.kind: 'vllm' needs vLLM"):
             StepRunner("dense_caption", "dense_caption", {"backend": {"kind": "vllm", "model": "/m"}})
+
+
+def test_a_caption_field_that_is_not_a_column_fails_naming_the_field(tmp_path):
+    from curate.sink.tars import write_tar
+
+    rows = pa.table({"output_key": ["k"], "image_ext": ["jpg"], "image": [b"x"], "caption": ["a red circle"]})
+    with pytest.raises(ValueError, match="output.caption_field: column 'dense_caption' is not in the kept rows"):
+        write_tar(tmp_path / "s.tar", rows, "dense_caption")
+    assert write_tar(tmp_path / "s.tar", rows, "caption") == 1

@@ -40,6 +40,12 @@ def _json_ready(row: dict) -> dict:
 def write_tar(path: Path, rows: pa.Table, caption_field: str) -> int:
     """Write the kept rows as samples; a ``repeat`` column (DataComp subsets with duplicates)
     writes a sample that many times, the copies keyed ``{key}_{j}``. Returns samples written."""
+    if rows.num_rows and caption_field not in rows.column_names:
+        # Every txt would be empty: a recipe mistake (or a captioning step that did not run), not data.
+        raise ValueError(
+            f"output.caption_field: column {caption_field!r} is not in the kept rows; columns: "
+            f"{', '.join(c for c in rows.column_names if c not in HEAVY_COLUMNS)}"
+        )
     written = 0
     with open(path, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         # Embeddings stay in the Parquet sidecar (row-aligned, exportable as DataComp .npz); in every
