@@ -11,8 +11,7 @@ import json
 import sys
 import time
 
-import braceexpand
-import webdataset as wds
+from _pool import decoded_samples
 from PIL import Image
 
 from captioners.hints import Hints, PromptTemplate
@@ -20,16 +19,11 @@ from captioners.hints import Hints, PromptTemplate
 
 def load(pattern: str, size: int) -> list[tuple[Image.Image, str]]:
     out = []
-    for url in braceexpand.braceexpand(pattern):
-        for sample in wds.WebDataset(url, shardshuffle=False, handler=wds.warn_and_continue):
-            if "jpg" not in sample:
-                continue
-            try:
-                img = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
-            except Exception:  # noqa: BLE001 - the step fails these rows; the loop skips them
-                continue
-            img.thumbnail((size, size))
-            out.append((img, sample.get("txt", b"").decode()))
+    for sample, img in decoded_samples(pattern):
+        if img is None:  # the step fails these rows; the loop skips them
+            continue
+        img.thumbnail((size, size))
+        out.append((img, sample.get("txt", b"").decode()))
     return out
 
 

@@ -5,15 +5,12 @@ with nothing written: the least work a CLIP score can cost."""
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 
-import braceexpand
 import open_clip
 import torch
-import webdataset as wds
-from PIL import Image
+from _pool import decoded_samples
 
 from curate.models import TINY_CLIP_NAME, TINY_CLIP_WEIGHTS, register_tiny_clip
 
@@ -41,17 +38,14 @@ def main() -> int:
         images.clear()
         texts.clear()
 
-    for tar in braceexpand.braceexpand(args.input):
-        for sample in wds.WebDataset(tar, shardshuffle=False, handler=wds.warn_and_continue):
-            try:
-                image = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
-            except Exception:  # noqa: BLE001
-                failed += 1
-                continue
-            images.append(preprocess(image))
-            texts.append(sample["txt"].decode("utf-8", errors="replace"))
-            if len(images) == args.batch_size:
-                flush()
+    for sample, image in decoded_samples(args.input):
+        if image is None:
+            failed += 1
+            continue
+        images.append(preprocess(image))
+        texts.append(sample["txt"].decode("utf-8", errors="replace"))
+        if len(images) == args.batch_size:
+            flush()
     if images:
         flush()
     print(json.dumps({"scored": scored, "failed": failed}))

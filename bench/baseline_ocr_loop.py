@@ -4,13 +4,10 @@ decode, the same engine settings as the ocr step), with nothing written: the lea
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 
-import braceexpand
-import webdataset as wds
-from PIL import Image
+from _pool import decoded_samples
 
 from captioners.ocr import OcrParams, build_engine
 
@@ -23,16 +20,13 @@ def main() -> int:
     args = ap.parse_args()
     engine = build_engine(OcrParams(threads=args.threads, det_limit_side_len=args.det_limit_side_len))
     read = failed = texts = 0
-    for tar in braceexpand.braceexpand(args.input):
-        for sample in wds.WebDataset(tar, shardshuffle=False, handler=wds.warn_and_continue):
-            try:
-                image = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
-            except Exception:  # noqa: BLE001
-                failed += 1
-                continue
-            result, _ = engine(image)
-            texts += len(result or ())
-            read += 1
+    for _, image in decoded_samples(args.input):
+        if image is None:
+            failed += 1
+            continue
+        result, _ = engine(image)
+        texts += len(result or ())
+        read += 1
     print(json.dumps({"read": read, "failed": failed, "texts": texts}))
     return 0
 
