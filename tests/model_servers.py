@@ -70,6 +70,8 @@ class _Broken(http.server.BaseHTTPRequestHandler):
         elif self.mode == "reset":
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             self.connection.close()
+        elif self.mode == "not_found":
+            self._json(404, b'{"error": {"message": "The model `m` does not exist.", "type": "NotFoundError"}}')
         elif self.mode == "bad_request":
             self._json(400, b'{"error": {"message": "image is not valid", "type": "invalid_request_error"}}')
 
@@ -84,7 +86,8 @@ class _Broken(http.server.BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def broken_server(mode: str) -> Iterator[tuple[str, type[_Broken]]]:
     """A server that answers every request badly (``error``: 503, ``hang``: never, ``reset``: closes
-    the connection, ``bad_request``: 400); yields (base URL, handler class with its call count)."""
+    the connection, ``bad_request``: 400, ``not_found``: 404, a model the server does not have); yields
+    (base URL, handler class with its call count)."""
     handler = type(f"Broken_{mode}", (_Broken,), {"mode": mode, "calls": 0})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True

@@ -336,3 +336,11 @@ def test_a_caption_field_that_is_not_a_column_fails_naming_the_field(tmp_path):
     with pytest.raises(ValueError, match="output.caption_field: column 'dense_caption' is not in the kept rows"):
         write_tar(tmp_path / "s.tar", rows, "dense_caption")
     assert write_tar(tmp_path / "s.tar", rows, "caption") == 1
+
+
+def test_a_model_the_server_does_not_have_fails_the_run_naming_the_field():
+    from PIL import Image
+
+    request = ChatRequest([{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (8, 8))}]}])
+    with broken_server("not_found") as (url, _), pytest.raises(StepInputError, match="backend.model: .* answered 404"):
+        OpenAIBackend(OpenAIParams(base_url=url, model="m")).generate([request])
