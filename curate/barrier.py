@@ -7,7 +7,9 @@ selection left, e.g. the top fraction of the kept rows by a score only they have
 all`` it sees every row, failures included (DataComp's pool size counts every row). The state
 is saved in the barrier's cache folder (with the artifacts it keeps, e.g. centroids), keyed by
 the fingerprint of the recipe up to and including the global step, so a resumed or re-run
-recipe reuses it and its decisions never change between attempts.
+recipe reuses it and its decisions never change between attempts. It is saved with the version
+of its inputs (every shard's stage outputs it was computed over): when a re-run re-computed rows
+of a shard before the barrier (a retry), the state no longer matches them and is computed again.
 """
 
 from __future__ import annotations
@@ -31,14 +33,17 @@ def barrier_store(run: RunDir, stage: Stage) -> StageStore:
     return StageStore(run.cache, stage.barrier_cache_name)
 
 
-def compute_state(run: RunDir, stage: Stage, stores: list[StageStore]) -> tuple[dict, bool]:
-    """The state of the global step after ``stage`` and whether it came from the cache."""
+def compute_state(run: RunDir, stage: Stage, stores: list[StageStore], inputs: str) -> tuple[dict, bool]:
+    """The state of the global step after ``stage`` over the stage outputs of version ``inputs``,
+    and whether it came from the cache."""
     op = stage.barrier
     assert op is not None
     store = barrier_store(run, stage)
     saved = store.root / "state.json"
     if saved.exists():
-        return json.loads(saved.read_text()), True
+        record = json.loads(saved.read_text())
+        if record.get("inputs") == inputs:
+            return record["state"], True
     artifacts = store.root / "artifacts"
     shutil.rmtree(artifacts, ignore_errors=True)  # a killed earlier attempt; recomputed identically
     store.root.mkdir(parents=True, exist_ok=True)
@@ -53,7 +58,7 @@ def compute_state(run: RunDir, stage: Stage, stores: list[StageStore]) -> tuple[
     finally:
         con.close()
     logger.info("global step %s: %s", op.step_id, {k: v for k, v in state.items() if not isinstance(v, list | dict)})
-    atomic_write_text(saved, json.dumps(state, indent=2))
+    atomic_write_text(saved, json.dumps({"inputs": inputs, "state": state}, indent=2))
     return state, False
 
 

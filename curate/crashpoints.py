@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CRASH_POINTS = (
+    "part_written",  # a worker stored a batch's rows as a part; its shard is unfinished
     "part_tallied",  # the driver recorded a batch's parts; shards may be unfinished
     "stage_written",  # a stage's output of one shard is written, with its marker
     "barrier_saved",  # a barrier's global state is saved; the next stage has not started

@@ -15,25 +15,30 @@ decides, writes and commits, with no rows moving through Ray Data at all.
 
 Nothing in the driver grows with the number of rows. Every output shard is a function of its
 input shard alone, so a shard redone after a kill is written exactly as it was the first time.
+A shard's work may be some of its rows only (``curate.shard_work``): the rows a step failed with a
+retryable status, or those an interrupted attempt's parts do not hold; its finish task puts them
+together with the rows it keeps.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections import defaultdict
+import shutil
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.crashpoints import CrashPlan, crash_point
-from curate.parts import assemble_shard, remove_parts, write_parts
+from curate.parts import assemble_shard, part_folder, remove_parts, write_parts
 from curate.plan import Plan, Stage
 from curate.readers.base import ShardRef, fetch_images, read_shard
+from curate.shard_work import ShardWork
 from curate.sink import SinkContext, write_final_shard
 from curate.stage_store import StageStore, load_shard, stage_columns
 from curate.steps import StepRunner, seen_mask
+from schemas.tables import RETRYABLE_STATUSES
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +56,7 @@ class StageJob:
     store: str  # this stage's cache folder
     input_columns: tuple[str, ...]  # columns the stage reads (empty for stage 0)
     declared: tuple[str, ...]  # existing columns its steps may change
+    step_ids: tuple[str, ...]  # the steps of this stage (a row it failed retryably is retried after it)
     needs_pixels: bool
     pixel_rows: str
     sink: SinkContext | None  # set in the last stage: finished shards go straight to the sink
@@ -64,11 +70,17 @@ def _store(path: str) -> StageStore:
     return StageStore(p.parent, p.name)
 
 
-def load_stage_input(job: StageJob, ref: ShardRef) -> pa.Table:
-    """A shard as the stage's first operation sees it."""
+def _only_rows(table: pa.Table, rows: list[int] | None) -> pa.Table:
+    if rows is None:
+        return table
+    return table.filter(pc.is_in(table["row_in_shard"], pa.array(rows, table.schema.field("row_in_shard").type)))
+
+
+def load_stage_input(job: StageJob, ref: ShardRef, rows: list[int] | None = None) -> pa.Table:
+    """A shard (or ``rows`` of it) as the stage's first operation sees it."""
     if job.stage_index == 0:
-        return read_shard(ref)
-    table = load_shard([_store(p) for p in job.earlier], ref.index)
+        return _only_rows(read_shard(ref), rows)
+    table = _only_rows(load_shard([_store(p) for p in job.earlier], ref.index), rows)
     if not job.needs_pixels:
         return table
     wanted = pc.indices_nonzero(seen_mask(table, job.pixel_rows).combine_chunks())
@@ -79,28 +91,49 @@ def load_stage_input(job: StageJob, ref: ShardRef) -> pa.Table:
 
 
 def _read_batch(batch: pa.Table, job: StageJob) -> pa.Table:
-    """One row per shard in, that shard's table out (``map_batches`` with batch_size=1)."""
+    """One row per shard in, that shard's table (or the rows to compute of it) out (batch_size=1)."""
     tables = [
-        load_stage_input(job, ShardRef(int(i), str(p), str(f)))
-        for i, p, f in zip(
-            batch["index"].to_pylist(), batch["path"].to_pylist(), batch["format"].to_pylist(), strict=True
+        load_stage_input(job, ShardRef(int(i), str(p), str(f)), rows)
+        for i, p, f, rows in zip(
+            batch["index"].to_pylist(),
+            batch["path"].to_pylist(),
+            batch["format"].to_pylist(),
+            batch["rows"].to_pylist(),
+            strict=True,
         )
     ]
     return pa.concat_tables(tables, promote_options="default")
 
 
-def commit_shard(job: StageJob, ref: ShardRef, table: pa.Table) -> dict | None:
+def retry_rows(table: pa.Table, step_ids: tuple[str, ...]) -> list[int]:
+    """Rows that a step of this stage failed with a retryable status (its decision is their last)."""
+    mask = pc.fill_null(pc.is_in(table["status"], pa.array(RETRYABLE_STATUSES)), False)
+    rows = []
+    for i in pc.indices_nonzero(mask.combine_chunks() if isinstance(mask, pa.ChunkedArray) else mask).to_pylist():
+        decisions = table["decisions"][i].as_py() or []
+        if decisions and decisions[-1]["step"] in step_ids:
+            rows.append(int(table["row_in_shard"][i].as_py()))
+    return rows
+
+
+def commit_shard(job: StageJob, work: ShardWork, table: pa.Table) -> dict | None:
     """Write a shard's stage output and marker (and its final shard, in the last stage)."""
     columns = stage_columns(table, list(job.input_columns), set(job.declared), first=job.stage_index == 0)
-    _store(job.store).write(ref.index, table.select(columns))
+    retry = retry_rows(table, job.step_ids)
+    version = _store(job.store).write(work.ref.index, table.select(columns), list(work.inputs), retry)
     crash_point("stage_written", job.crash)
-    return write_final_shard(job.sink, ref, table) if job.sink is not None else None
+    return write_final_shard(job.sink, work.ref, table, version) if job.sink is not None else None
 
 
-def finish_stage_shard(job: StageJob, ref: ShardRef, part_paths: list[str], rows: int) -> dict | None:
-    """Assemble a finished shard's parts and commit it."""
-    counters = commit_shard(job, ref, assemble_shard(part_paths, rows))
-    remove_parts(part_paths)
+def finish_stage_shard(job: StageJob, work: ShardWork, part_paths: list[str], rows: int) -> dict | None:
+    """Assemble a finished shard's parts (with the rows it keeps of its previous output) and commit it."""
+    base = None
+    if work.redo is not None:
+        previous = load_shard([_store(p) for p in (*job.earlier, job.store)], work.ref.index)
+        redo = pa.array(work.redo, previous.schema.field("row_in_shard").type)
+        base = previous.filter(pc.invert(pc.is_in(previous["row_in_shard"], redo)))
+    counters = commit_shard(job, work, assemble_shard(part_paths, rows, base))
+    remove_parts(part_folder(str(_store(job.store).parts_root), work.ref.index, work.attempt))
     return counters
 
 
@@ -120,17 +153,17 @@ def _runner(fingerprint: str, kwargs: dict) -> StepRunner:
     return _RUNNERS[key]
 
 
-def decide_shard(job: StageJob, fingerprint: str, operations: list[dict], ref: ShardRef) -> dict | None:
+def decide_shard(job: StageJob, fingerprint: str, operations: list[dict], work: ShardWork) -> dict | None:
     """A whole stage of global decisions for one shard, in one task."""
-    table = load_stage_input(job, ref)
+    table = load_stage_input(job, work.ref)
     for kwargs in operations:
         table = _runner(fingerprint, kwargs)(table)
-    return commit_shard(job, ref, table)
+    return commit_shard(job, work, table)
 
 
-def sink_cached_shard(stores: list[str], sink: SinkContext, ref: ShardRef) -> dict:
+def sink_cached_shard(stores: list[str], sink: SinkContext, ref: ShardRef, version: str) -> dict:
     """The final shard from cached stage outputs (the last stage was already computed)."""
-    return write_final_shard(sink, ref, load_shard([_store(p) for p in stores], ref.index))
+    return write_final_shard(sink, ref, load_shard([_store(p) for p in stores], ref.index), version)
 
 
 def runner_kwargs(op, states: dict) -> dict:
@@ -144,12 +177,20 @@ def runner_kwargs(op, states: dict) -> dict:
     }
 
 
-def build_dataset(plan: Plan, stage: Stage, job: StageJob, shards: list[ShardRef], tmp_dir: str, states: dict):
+def build_dataset(plan: Plan, stage: Stage, job: StageJob, works: list[ShardWork], states: dict):
     import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
     ray.data.DataContext.get_current().enable_progress_bars = plan.recipe.ray.progress_bars
-    items = [{"index": s.index, "path": s.path, "format": s.format} for s in shards]
+    items = [
+        {
+            "index": w.ref.index,
+            "path": w.ref.path,
+            "format": w.ref.format,
+            "rows": None if w.rows is None else list(w.rows),
+        }
+        for w in works
+    ]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
         _read_batch,
@@ -171,19 +212,34 @@ def build_dataset(plan: Plan, stage: Stage, job: StageJob, shards: list[ShardRef
             compute=ActorPoolStrategy(size=res.concurrency),
         )
     return ds.map_batches(
-        write_parts, fn_kwargs={"tmp_dir": tmp_dir}, batch_size=None, batch_format="pyarrow", num_cpus=WRITE_NUM_CPUS
+        write_parts,
+        fn_kwargs={
+            "parts_root": str(_store(job.store).parts_root),
+            "attempts": {w.ref.index: w.attempt for w in works},
+            "crash": job.crash,
+        },
+        batch_size=None,
+        batch_format="pyarrow",
+        num_cpus=WRITE_NUM_CPUS,
     )
 
 
-def run_stage(plan: Plan, stage: Stage, job: StageJob, pending: list[ShardRef], tmp_dir: str, states: dict) -> None:
-    """Every pending shard ends with this stage's output written (and its final shard, if last)."""
+def run_stage(plan: Plan, stage: Stage, job: StageJob, works: list[ShardWork], states: dict) -> None:
+    """Every shard of ``works`` ends with this stage's output written (and its final shard, if last)."""
     if stage.runs_per_shard:
-        _run_stage_as_tasks(stage, job, pending, states)
+        _run_stage_as_tasks(stage, job, works, states)
     else:
-        _run_stage_as_dataset(plan, stage, job, pending, tmp_dir, states)
-    unfinished = [s.index for s in pending if not _store(job.store).is_done(s.index)]
+        _run_stage_as_dataset(plan, stage, job, works, states)
+    store = _store(job.store)
+    unfinished = []
+    for work in works:
+        marker = store.read_marker(work.ref.index)
+        if marker is None or marker["inputs"] != list(work.inputs) or marker["version"] == work.previous_version:
+            unfinished.append(work.ref.index)
     if unfinished:
         raise RuntimeError(f"stage {stage.index} ended with {len(unfinished)} shard(s) unfinished: {unfinished[:10]}")
+    # Every attempt is committed: what is left are parts orphaned workers of a killed run wrote late.
+    shutil.rmtree(store.parts_root, ignore_errors=True)
 
 
 def _log_done(results: list[dict | None]) -> None:
@@ -194,39 +250,40 @@ def _log_done(results: list[dict | None]) -> None:
             )
 
 
-def _run_stage_as_tasks(stage: Stage, job: StageJob, pending: list[ShardRef], states: dict) -> None:
+def _run_stage_as_tasks(stage: Stage, job: StageJob, works: list[ShardWork], states: dict) -> None:
     import ray
 
     cpus = max([op.spec.resources.num_cpus for op in stage.operations] or [WRITE_NUM_CPUS])
     task = ray.remote(num_cpus=cpus, max_retries=2)(decide_shard)
     operations = [runner_kwargs(op, states) for op in stage.operations]
-    _log_done(ray.get([task.remote(job, stage.fingerprint, operations, ref) for ref in pending]))
+    _log_done(ray.get([task.remote(job, stage.fingerprint, operations, work) for work in works]))
 
 
-def _run_stage_as_dataset(
-    plan: Plan, stage: Stage, job: StageJob, pending: list[ShardRef], tmp_dir: str, states: dict
-) -> None:
+def _run_stage_as_dataset(plan: Plan, stage: Stage, job: StageJob, works: list[ShardWork], states: dict) -> None:
     import ray
 
     finish = ray.remote(num_cpus=WRITE_NUM_CPUS, max_retries=2)(finish_stage_shard)
-    by_index = {s.index: s for s in pending}
-    arrived: dict[int, int] = defaultdict(int)
-    parts: dict[int, list[str]] = defaultdict(list)
-    running = []
-    for summary in build_dataset(plan, stage, job, pending, tmp_dir, states).iter_rows():
-        index = int(summary["shard_index"])
-        arrived[index] += int(summary["rows"])
-        parts[index].append(summary["part"])
-        crash_point("part_tallied")
-        if arrived[index] == int(summary["shard_rows"]):
-            running.append(finish.remote(job, by_index[index], parts.pop(index), arrived[index]))
+    by_index = {w.ref.index: w for w in works}
+    # What each shard already has: parts an interrupted attempt left, rows kept from its previous output.
+    arrived = {w.ref.index: w.covered for w in works}
+    parts = {w.ref.index: list(w.parts) for w in works}
+    running = [finish.remote(job, w, parts.pop(w.ref.index), w.shard_rows) for w in works if w.nothing_to_compute]
+    to_compute = [w for w in works if not w.nothing_to_compute]
+    if to_compute:
+        for summary in build_dataset(plan, stage, job, to_compute, states).iter_rows():
+            index = int(summary["shard_index"])
+            arrived[index] += int(summary["rows"])
+            parts[index].append(summary["part"])
+            crash_point("part_tallied")
+            if arrived[index] == int(summary["shard_rows"]):
+                running.append(finish.remote(job, by_index[index], parts.pop(index), arrived[index]))
     _log_done(ray.get(running))
 
 
-def sink_cached(stores: list[StageStore], sink: SinkContext, shards: list[ShardRef]) -> None:
+def sink_cached(stores: list[StageStore], sink: SinkContext, shards: list[ShardRef], versions: dict[int, str]) -> None:
     """Write the final shards of ``shards`` from the cache, one Ray task per shard."""
     import ray
 
     task = ray.remote(num_cpus=WRITE_NUM_CPUS, max_retries=2)(sink_cached_shard)
     roots = [str(s.root) for s in stores]
-    ray.get([task.remote(roots, sink, ref) for ref in shards])
+    ray.get([task.remote(roots, sink, ref, versions[ref.index]) for ref in shards])

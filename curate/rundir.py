@@ -6,8 +6,8 @@ Layout of ``run/``::
     recipe.yaml         the resolved recipe this run executes
     shards/             NNNNNNNN.tar + NNNNNNNN.parquet + NNNNNNNN_stats.json, sizes.json
     _done/NNNNNNNN.json a shard's counters; written last, it is what says the shard is done
-    _tmp/               parts in flight; emptied whenever a run starts
-    _cache/             stage outputs and barrier states, by fingerprint (kept by --overwrite)
+    _tmp/               crash-point counters of tests; emptied whenever a run starts
+    _cache/             stage outputs, parts in flight and barrier states, by fingerprint (kept by --overwrite)
     stats.json, shards.parquet, steps.parquet, catalog.duckdb   written when every shard is done
 """
 
@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from schemas.recipe import Recipe
+from schemas.tables import RETRYABLE_STATUSES
 
 
 class RunFolderError(RuntimeError):
@@ -122,6 +123,10 @@ class RunDir:
 
     def is_done(self, shard_index: int) -> bool:
         return self.marker(shard_index).exists()
+
+    def has_retryable_rows(self) -> bool:
+        """Whether a finished shard holds rows failed with a retryable status (a re-run retries them)."""
+        return any(set(m["status"]) & set(RETRYABLE_STATUSES) for m in self.read_markers())
 
     def read_markers(self) -> list[dict]:
         return [json.loads(p.read_text()) for p in sorted(self.done.glob("*.json"))]

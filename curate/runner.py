@@ -7,9 +7,13 @@
     summary                            sizes.json, stats.json, catalog, subset.npy
 
 The unit of work is an input shard, in every stage. Killed at any moment, a re-run redoes only
-what has no marker, and writes exactly what an uninterrupted run writes. Stage outputs and
-barrier states are cached by fingerprint, so a re-run with a changed later step (``--overwrite``)
-recomputes only from the first stage that changed, and says which stages it reused.
+what has no marker (and of a shard in flight, only the rows its parts do not hold), and writes
+exactly what an uninterrupted run writes. Rows a step failed with a retryable status (a model
+server that could not answer) are computed again by the next run of the same command, and only
+they; what depends on them downstream (later stages of their shard, barrier states, final
+shards) is computed again too. Stage outputs and barrier states are cached by fingerprint, so a
+re-run with a changed later step (``--overwrite``) recomputes only from the first stage that
+changed, and says which stages it reused.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from curate.plan import Plan, Stage, compile_plan
 from curate.readers.base import ShardRef, list_shards, preflight
 from curate.registry import get_layout
 from curate.rundir import RunDir, atomic_write_text
+from curate.shard_work import inputs_digest, plan_shard_work
 from curate.sink import SinkContext
 from curate.stage_store import StageStore
 from curate.stats import merge_counters
@@ -148,54 +153,80 @@ def _describe(stage: Stage) -> dict:
     }
 
 
+def _final_is_current(run: RunDir, ref: ShardRef, version: str) -> bool:
+    """Whether the shard's final files were written from the last stage's output of ``version``."""
+    try:
+        return json.loads(run.marker(ref.index).read_text()).get("stage_version") == version
+    except FileNotFoundError:
+        return False
+
+
 def _run_stages(plan: Plan, run: RunDir, shards: list[ShardRef], crash: CrashPlan) -> list[dict]:
     sink = SinkContext(str(run.root), plan.recipe.output, plan.step_rows, crash)
     stores: list[StageStore] = []
     states: dict[str, dict] = {}
+    # Per shard, the versions its next stage is computed from: earlier stage outputs, barrier states.
+    upstream: dict[int, list[str]] = {s.index: [] for s in shards}
     report = []
     for stage in plan.stages:
         started = time.perf_counter()
         store = StageStore(run.cache, stage.cache_name)
         store.prepare(_describe(stage))
-        if stage.is_last:
-            todo = [s for s in shards if not run.is_done(s.index)]
-            cached = [s for s in todo if store.is_done(s.index)]
-            pending = [s for s in todo if not store.is_done(s.index)]
-        else:
-            cached, pending = [], [s for s in shards if not store.is_done(s.index)]
-        reused = len(shards) - len(pending)
+        works = []
+        for ref in shards:
+            work = plan_shard_work(store, ref, upstream[ref.index], partial_ok=not stage.runs_per_shard)
+            if work is not None:
+                works.append(work)
+        retried = sum(len(w.redo) for w in works if w.redo is not None)
         names = ", ".join(op.describe().split(" [")[0] for op in stage.operations) or "read"
         logger.info(
-            "stage %d [%s]: %d of %d shards reused from %s, %d to compute",
+            "stage %d [%s]: %d of %d shards reused from %s, %d to compute (%d rows to retry)",
             stage.index,
             names,
-            reused,
+            len(shards) - len(works),
             len(shards),
             store.root.name,
-            len(pending),
+            len(works),
+            retried,
         )
-        if pending:
+        if works:
             job = StageJob(
                 stage_index=stage.index,
                 earlier=tuple(str(s.root) for s in stores),
                 store=str(store.root),
                 input_columns=tuple(c for s in stores for c in s.columns()),
                 declared=tuple(sorted({c for op in stage.operations for c in op.entry.modifies})),
+                step_ids=tuple(op.step_id for op in stage.operations),
                 needs_pixels=stage.needs_pixels,
                 pixel_rows=stage.pixel_rows,
                 sink=sink if stage.is_last else None,
                 crash=crash,
             )
-            run_stage(plan, stage, job, pending, str(run.tmp), states)
+            run_stage(plan, stage, job, works, states)
         stores.append(store)
-        if stage.is_last and cached:
-            sink_cached(stores, sink, cached)
-        entry = {"stage": stage.index, "computed": len(pending), "reused": reused, "cache": store.root.name}
+        versions = {ref.index: store.read_marker(ref.index)["version"] for ref in shards}
+        for ref in shards:
+            upstream[ref.index].append(versions[ref.index])
+        if stage.is_last:
+            computed = {w.ref.index for w in works}
+            cached = [s for s in shards if s.index not in computed and not _final_is_current(run, s, versions[s.index])]
+            if cached:
+                sink_cached(stores, sink, cached, versions)
+        entry = {
+            "stage": stage.index,
+            "computed": len(works),
+            "reused": len(shards) - len(works),
+            "cache": store.root.name,
+        }
+        entry["retried_rows"] = retried
         entry["seconds"] = round(time.perf_counter() - started, 2)
         if stage.barrier is not None:
             started = time.perf_counter()
-            state, from_cache = compute_state(run, stage, stores)
+            inputs = inputs_digest(upstream)
+            state, from_cache = compute_state(run, stage, stores, inputs)
             states[stage.barrier.step_id] = state
+            for ref in shards:
+                upstream[ref.index].append(inputs)
             publish_artifacts(run, stage)
             entry["barrier"] = {
                 "step": stage.barrier.step_id,
@@ -250,7 +281,6 @@ def _write_summary(plan: Plan, run: RunDir, stages: list[dict]) -> dict:
     # The kept uids as a DataComp subset file, for DataComp's resharder or `curate run reshard`.
     stats["subset"] = {"path": "subset.npy", "uids": export_run_subset(run.root, run.root / "subset.npy")}
     atomic_write_text(run.stats, json.dumps(stats, indent=2))
-    # Parts that a killed run's orphaned workers wrote late belong to no shard any more.
     shutil.rmtree(run.tmp, ignore_errors=True)
     return stats
 
@@ -274,7 +304,7 @@ def run_recipe(recipe: Recipe, *, overwrite: bool = False) -> RunResult:
         if resumed:
             logger.info("resuming: %d of %d shards already done", done_before, len(shards))
         stages: list[dict] = []
-        if done_before < len(shards):
+        if done_before < len(shards) or run.has_retryable_rows():
             ensure_ray(recipe)
             import ray
 

@@ -1,8 +1,17 @@
 """Stage outputs: per input shard, a Parquet of the columns a stage added, and a done-marker.
 
     RUN/_cache/stage1-<fingerprint>/00000003.parquet    shard_index, row_in_shard + the columns it wrote
-    RUN/_cache/stage1-<fingerprint>/_done/00000003.json {"rows": n, "columns": [...]}, written last
+    RUN/_cache/stage1-<fingerprint>/_done/00000003.json {"rows", "columns", "version", "inputs", "retry"}, last
+    RUN/_cache/stage1-<fingerprint>/_parts/00000003-<attempt>/*.arrow  rows of an attempt in flight
     RUN/_cache/barrier1-<step>-<fingerprint>/state.json  a barrier's global state (+ artifacts/)
+
+A marker names the ``version`` of what it vouches for (new at every write) and the ``inputs`` it was
+computed from: the versions of the shard's earlier stage outputs and of the barrier states before
+it. A marker whose inputs are not the current ones is stale (an earlier stage re-computed rows of
+the shard), and the shard is computed again. ``retry`` lists the rows this stage failed with a
+retryable status (a model server that could not answer): a re-run computes only those rows again
+and keeps the others. Parts of an attempt that a kill interrupted stay in ``_parts``, keyed by what
+the attempt computes, and a resumed run computes only the rows they do not hold.
 
 Stage 0 stores every column the reader produced and its steps added, except the image bytes
 (those stay in the source and are fetched again by byte range when needed). A later stage stores
@@ -73,6 +82,19 @@ class StageStore:
     def is_done(self, shard_index: int) -> bool:
         return self.marker(shard_index).exists()
 
+    def read_marker(self, shard_index: int) -> dict | None:
+        try:
+            return json.loads(self.marker(shard_index).read_text())
+        except FileNotFoundError:
+            return None
+
+    @property
+    def parts_root(self) -> Path:
+        return self.root / "_parts"
+
+    def parts_dir(self, shard_index: int, attempt: str) -> Path:
+        return self.parts_root / f"{shard_index:08d}-{attempt}"
+
     def columns(self) -> list[str]:
         """Every column this stage stored, in first-seen order over its shards."""
         seen: dict[str, None] = {}
@@ -81,12 +103,21 @@ class StageStore:
                 seen.setdefault(name, None)
         return list(seen)
 
-    def write(self, shard_index: int, table: pa.Table) -> None:
-        """The stage's columns of one shard, then its marker (the marker vouches for the data)."""
+    def write(self, shard_index: int, table: pa.Table, inputs: list[str], retry: list[int]) -> str:
+        """The stage's columns of one shard, then its marker (the marker vouches for the data);
+        returns the new version."""
         self.root.mkdir(parents=True, exist_ok=True)
         write_parquet_atomic(table, self.data_path(shard_index))
-        marker = {"rows": table.num_rows, "columns": table.column_names}
+        version = uuid.uuid4().hex
+        marker = {
+            "rows": table.num_rows,
+            "columns": table.column_names,
+            "version": version,
+            "inputs": inputs,
+            "retry": retry,
+        }
         atomic_write_bytes(self.marker(shard_index), json.dumps(marker).encode())
+        return version
 
     def read(self, shard_index: int, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(self.data_path(shard_index), columns=columns)

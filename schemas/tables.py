@@ -18,6 +18,9 @@ STATUS_FAILED_DECODE = "failed_to_decode"  # bytes present but not a decodable i
 STATUS_DUPLICATE_KEY = "failed_duplicate_key"  # a tar key seen before, apart from its first sample
 STATUS_FAILED_CAPTION = "failed_to_caption"  # the model's answer is empty, malformed, cut off or a refusal
 STATUS_CAPTION_UNAVAILABLE = "failed_caption_unavailable"  # the model could not answer (server, OOM): transient
+# Failures of the moment, not of the sample: a re-run of the same command computes these rows again
+# (and only these), after the stage that failed them; every other failure is final.
+RETRYABLE_STATUSES = (STATUS_CAPTION_UNAVAILABLE,)
 
 READ_STEP = "read"  # the pseudo-step that decisions name for failures while reading the pool
 

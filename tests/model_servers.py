@@ -99,3 +99,80 @@ def broken_server(mode: str) -> Iterator[tuple[str, type[_Broken]]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+class FlakyProxy:
+    """An OpenAI-compatible front to a real server that answers 503 for some images while ``flaky``
+    (those whose data URL hash is divisible by ``every``), forwards every other request, and records
+    each call by image: ``forwarded`` and ``refused`` (image key -> count)."""
+
+    def __init__(self, upstream: str, every: int = 3):
+        self.upstream = upstream.rstrip("/")
+        self.every = every
+        self.flaky = True
+        self.forwarded: dict[str, int] = {}
+        self.refused: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.last_call = time.monotonic()
+
+    def fails(self, key: str) -> bool:
+        return self.flaky and int(key, 16) % self.every == 0
+
+    def reset_counts(self) -> None:
+        with self.lock:
+            self.forwarded.clear()
+            self.refused.clear()
+
+    def wait_quiet(self, seconds: float = 3.0, timeout_s: float = 60.0) -> None:
+        """Until no call came for ``seconds``: the workers of a killed run are gone."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() - self.last_call < seconds:
+            if time.monotonic() > deadline:
+                raise TimeoutError("calls kept coming to the proxy")
+            time.sleep(0.2)
+
+
+def _image_key(body: bytes) -> str:
+    import hashlib
+    import json
+
+    for message in json.loads(body)["messages"]:
+        for part in message["content"] if isinstance(message["content"], list) else []:
+            if part.get("type") == "image_url":
+                return hashlib.sha1(part["image_url"]["url"].encode()).hexdigest()
+    return "0" * 40
+
+
+@contextlib.contextmanager
+def flaky_proxy(upstream: str, every: int = 3) -> Iterator[tuple[str, FlakyProxy]]:
+    proxy = FlakyProxy(upstream, every)
+
+    class Handler(_Broken):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            body = self.rfile.read(int(self.headers.get("content-length") or 0))
+            key = _image_key(body)
+            with proxy.lock:
+                proxy.last_call = time.monotonic()
+                failing = proxy.fails(key)
+                counts = proxy.refused if failing else proxy.forwarded
+                counts[key] = counts.get(key, 0) + 1
+            if failing:
+                self._json(503, b'{"error": {"message": "overloaded", "type": "server_error"}}')
+                return
+            request = urllib.request.Request(
+                proxy.upstream + self.path.removeprefix("/v1"),
+                data=body,
+                headers={"content-type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=120) as response:
+                self._json(response.status, response.read())
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", proxy
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -58,6 +58,7 @@ def snapshot(run: Path) -> dict:
         snap[tar.stem + ".parquet"] = table.to_pylist()
     snap["stray"] = sorted(str(p.relative_to(run)) for p in run.rglob("*") if ".tmp" in p.name)
     snap["tmp_left"] = sorted(str(p) for p in (run / "_tmp").glob("*/*"))
+    snap["parts_left"] = sorted(str(p) for p in run.glob("_cache/*/_parts/*"))
     snap["stats"] = json.loads((run / "stats.json").read_text())
     return snap
 

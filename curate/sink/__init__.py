@@ -82,8 +82,9 @@ def with_images(ref: ShardRef, table: pa.Table) -> pa.Table:
     return table.append_column("image", column)
 
 
-def write_final_shard(ctx: SinkContext, ref: ShardRef, table: pa.Table) -> dict:
-    """Write one whole shard: its files under temporary names, renamed, then its done-marker."""
+def write_final_shard(ctx: SinkContext, ref: ShardRef, table: pa.Table, stage_version: str) -> dict:
+    """Write one whole shard: its files under temporary names, renamed, then its done-marker, which
+    names the version of the last stage's output it was written from (``stage_version``)."""
     run, output = ctx.run, ctx.output
     layout = get_layout(output.layout)
     name = shard_name(ref.index)
@@ -112,6 +113,7 @@ def write_final_shard(ctx: SinkContext, ref: ShardRef, table: pa.Table) -> dict:
         **shard_counters(table, list(ctx.step_rows)),
         "samples_written": written,
         **{k: v for k, v in extra.items() if k != "samples_written"},
+        "stage_version": stage_version,
     }
     crash_point("shard_files_written", ctx.crash)
     for path in [*files, *final]:
