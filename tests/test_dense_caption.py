@@ -112,12 +112,24 @@ def test_messages_become_openai_data_urls():
 # -- the tiny LLaVA, through the step ----------------------------------------------------------------
 
 
+WEB_ALT = {"alt_largest_only": 0.15, "alt_vague": 0.15, "alt_filename": 0.15}
+# Measured when written (60 images of seed 12, 25 with faulty alt-text): all hints recall 0.551,
+# precision 0.644, none 0.034; on the faulty rows the dense caption 0.500 (precision 0.639) against
+# the alt-text's own 0.174. The bars leave room for another torch build's numerics.
+RECALL_BAR, PRECISION_BAR = 0.42, 0.5
+FAULTY_GAIN_BAR, FAULTY_PRECISION_BAR = 0.15, 0.45
+
+
 @pytest.fixture(scope="module")
 def unseen(tmp_path_factory):
-    """48 clean images of seed 12, signs on 30% (the tiny LLaVA was trained on seed 4340), with the
+    """60 images of seed 12 (the tiny LLaVA was trained on seed 4340), signs on 30%, and web-like
+    alt-text on 45% (naming only the largest shape, a vague phrase or a file name), with the
     experts' columns, and the samples' json."""
+    from dataclasses import replace
+
     folder = tmp_path_factory.mktemp("dense_pool")
-    make_pool(str(folder), samples=48, shard_size=48, seed=12, faults=FaultRates.none(), text_rate=0.3)
+    faults = replace(FaultRates.none(), **WEB_ALT)
+    make_pool(str(folder), samples=60, shard_size=60, seed=12, faults=faults, text_rate=0.3)
     table = pa.concat_tables([read_shard(ref) for ref in list_shards(str(folder))])
     for name, params in EXPERTS.items():
         table = StepRunner(name, name, params)(table)
@@ -129,12 +141,20 @@ def captioner() -> StepRunner:
     return StepRunner("dense_caption", "dense_caption", {"backend": {"kind": "transformers", **CPU}, "max_tokens": 120})
 
 
-def _quality(out: pa.Table, metas: dict) -> tuple[float, float]:
+def _quality(out: pa.Table, metas: dict, column: str = "dense_description", where=None) -> tuple[float, float]:
+    """Recall and precision of the colour + kind phrases ``column`` names, against the ground truth,
+    over the rows whose sample json satisfies ``where``."""
     tp = named = gt = 0
-    for uid, description in zip(out["uid"].to_pylist(), out["dense_description"].to_pylist(), strict=True):
-        said, truth = named_shapes(description), true_shapes(metas[uid])
+    for uid, text in zip(out["uid"].to_pylist(), out[column].to_pylist(), strict=True):
+        if where is not None and not where(metas[uid]):
+            continue
+        said, truth = named_shapes(text), true_shapes(metas[uid])
         tp, named, gt = tp + len(said & truth), named + len(said), gt + len(truth)
-    return tp / gt, tp / max(1, named)
+    return tp / max(1, gt), tp / max(1, named)
+
+
+def _faulty_alt(meta: dict) -> bool:
+    return meta["gt"]["fault"].startswith("alt_")
 
 
 def test_committed_tiny_llava():
@@ -144,22 +164,30 @@ def test_committed_tiny_llava():
 
 def test_dense_captions_with_hints_name_the_shapes(captioner, unseen):
     """The perceptual-fusion claim, measured: the same model with the experts' hints and the alt-text
-    names far more of the shapes than with no hints at all. Measured when written on this pool (48
-    images): recall 0.484 / precision 0.662 with all hints; with none the tiny model names almost
-    nothing (0.02 on the card's 120 images: its vision alone has not learnt colours yet)."""
+    names far more of the shapes than with no hints at all; and on the samples whose alt-text is
+    web-like (names only the largest shape, nothing, or a file name), the dense caption names more
+    of the shapes than the alt-text does. Figures measured when written are in the prints and
+    README (``The tiny LLaVA``)."""
     table, metas = unseen
     out = captioner(table)
     assert out["status"].to_pylist().count("success") >= 0.9 * table.num_rows
     ok = out.filter(pa.compute.equal(out["status"], "success"))
     recall, precision = _quality(ok, metas)
+    faulty_recall, faulty_precision = _quality(ok, metas, where=_faulty_alt)
+    alt_recall, _ = _quality(ok, metas, column="caption", where=_faulty_alt)
     bare = StepRunner(
         "dense_caption", "dense_caption", {"backend": {"kind": "transformers", **CPU}, "hints": [], "max_tokens": 120}
     )(table)
     bare_ok = bare.filter(pa.compute.equal(bare["status"], "success"))
     bare_recall, _ = _quality(bare_ok, metas)
-    print(f"tiny LLaVA dense captions: all hints recall {recall:.3f} precision {precision:.3f}; none {bare_recall:.3f}")
-    assert recall >= 0.35 and precision >= 0.5
+    print(
+        f"tiny LLaVA dense captions: all hints recall {recall:.3f} precision {precision:.3f}; none {bare_recall:.3f}; "
+        f"faulty alt-text ({sum(_faulty_alt(metas[u]) for u in ok['uid'].to_pylist())} rows): dense recall "
+        f"{faulty_recall:.3f} precision {faulty_precision:.3f}, the alt-text itself {alt_recall:.3f}"
+    )
+    assert recall >= RECALL_BAR and precision >= PRECISION_BAR
     assert recall >= bare_recall + 0.2
+    assert faulty_recall >= alt_recall + FAULTY_GAIN_BAR and faulty_precision >= FAULTY_PRECISION_BAR
     assert all(h == [] for h in bare_ok["dense_hints"].to_pylist())
     row = ok.slice(0, 1).to_pylist()[0]
     assert row["dense_model"] == TINY_LLAVA_NAME and re.fullmatch(r"[0-9a-f]{12}", row["dense_revision"])
