@@ -40,12 +40,19 @@ def measure(label: str, cmd: list[str], out: Path | None, base_cmd: list[str]) -
     ours = run_measured(cmd, env=BENCH_ENV)
     base = run_measured(base_cmd, env=BENCH_ENV)
     stats = json.loads((out / "stats.json").read_text()) if out else {}
-    done = stats.get("steps", {}).get("dense_caption", {}).get("kept", 0)
+    counters = stats.get("steps", {}).get("dense_caption", {})
+    # Answers generated: the kept captions and the answers judged bad (cut, malformed), which cost a
+    # generation too; the bare loop counts every answer it generated.
+    kept = counters.get("kept", 0)
+    done = kept + counters.get("failed", {}).get("failed_to_caption", 0)
     base_out = json.loads(base["output"].strip().splitlines()[-1])
     ours_rate, base_rate = done / ours["seconds"], base_out["captions"] / base["seconds"]
     print(f"\n{label}")
-    print(f"{'':12} {'seconds':>8} {'captions/s':>11} {'peak PSS MiB':>13} {'captions':>9}")
-    print(f"{'curate run':12} {ours['seconds']:>8.1f} {ours_rate:>11.2f} {ours['peak_pss_mib']:>13.0f} {done:>9}")
+    print(f"{'':12} {'seconds':>8} {'answers/s':>11} {'peak PSS MiB':>13} {'answers':>9}")
+    print(
+        f"{'curate run':12} {ours['seconds']:>8.1f} {ours_rate:>11.2f} {ours['peak_pss_mib']:>13.0f} {done:>9} "
+        f"({kept} kept as captions)"
+    )
     print(
         f"{'bare loop':12} {base['seconds']:>8.1f} {base_rate:>11.2f} {base['peak_pss_mib']:>13.0f} "
         f"{base_out['captions']:>9}"

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -29,13 +30,17 @@ def transformers_serve(model_dir: Path, timeout_s: float = 180.0) -> Iterator[st
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     cli = Path(sys.executable).with_name("transformers")
     cmd = [str(cli), "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Its log goes to a file: a pipe nobody reads fills up after a few hundred requests' warnings, and
+    # the server then blocks on writing to it and answers nothing more.
+    log = tempfile.NamedTemporaryFile(prefix="transformers-serve-", suffix=".log", delete=False)  # noqa: SIM115
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"transformers serve exited {proc.returncode}: {proc.stderr.read()[-2000:]}")
+                tail = Path(log.name).read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"transformers serve exited {proc.returncode}: {tail}")
             try:
                 with urllib.request.urlopen(f"{url}/v1/models", timeout=2):
                     break
@@ -50,6 +55,8 @@ def transformers_serve(model_dir: Path, timeout_s: float = 180.0) -> Iterator[st
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
+        Path(log.name).unlink(missing_ok=True)
 
 
 class _Broken(http.server.BaseHTTPRequestHandler):

@@ -372,3 +372,27 @@ def test_a_model_the_server_does_not_have_fails_the_run_naming_the_field():
     request = ChatRequest([{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (8, 8))}]}])
     with broken_server("not_found") as (url, _), pytest.raises(StepInputError, match="backend.model: .* answered 404"):
         OpenAIBackend(OpenAIParams(base_url=url, model="m")).generate([request])
+
+
+def test_a_hung_endpoint_costs_a_batch_one_wave_of_timeouts_not_one_per_request():
+    """After ``give_up_after`` transient failures in a row the rest of the batch is not sent (its
+    rows fail as transient, for the next run); the next batch sends one request first, and an
+    answer there resumes normal sending."""
+    from PIL import Image
+
+    request = ChatRequest([{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (8, 8))}]}])
+    params = {"model": "m", "timeout_s": 1.0, "max_retries": 0, "concurrency": 2, "give_up_after": 2}
+    with broken_server("hang") as (url, handler):
+        backend = OpenAIBackend(OpenAIParams(base_url=url, **params))
+        t0 = time.monotonic()
+        answers = backend.generate([request] * 10)
+        elapsed = time.monotonic() - t0
+        assert handler.calls == 2 and elapsed < 5, (handler.calls, elapsed)
+        assert all(a.transient and a.text is None for a in answers)
+        assert sum(a.error.startswith("not sent: 2 requests in a row failed") for a in answers) == 8
+        backend.generate([request] * 5)
+        assert handler.calls == 3  # one probe, the endpoint still hangs, the other four not sent
+        # a 400 is an answer about the request, not a sign the endpoint is down: sending resumes
+        handler.mode = "bad_request"
+        answers = backend.generate([request] * 4)
+        assert handler.calls == 7 and not any(a.transient for a in answers)

@@ -7,8 +7,12 @@ client, at most ``concurrency`` at a time. Timeouts and retries are the client's
 409, 429 and 5xx), so a request is bounded in time: about ``timeout_s * (max_retries + 1)`` plus the
 backoff. What still fails after the retries is a transient failure of that request (the next run
 retries it); a 4xx other than those is a failure of the request itself; a wrong model name or key
-(404, 401, 403) fails the run, naming the field. The API key is read from the environment variable
-``api_key_env`` and is never logged or written; local servers that want no key get ``"EMPTY"``.
+(404, 401, 403) fails the run, naming the field. An endpoint that is down or hung does not cost
+every request its full timeout: once ``give_up_after`` requests in a row have failed transiently,
+the rest of the batch is not sent (its rows fail as transient, for the next run to retry), and each
+later batch first sends one request to see whether the endpoint is back. The API key is read from
+the environment variable ``api_key_env`` and is never logged or written; local servers that want no
+key get ``"EMPTY"``.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ class OpenAIParams(BaseModel):
     timeout_s: float = Field(default=60.0, gt=0, description="per attempt")
     max_retries: int = Field(default=2, ge=0, description="the client's retries of transient errors")
     concurrency: int = Field(default=8, ge=1, description="requests in flight at once")
+    give_up_after: int = Field(
+        default=8, ge=1, description="transient failures in a row after which the rest of a batch is not sent"
+    )
     image_format: Literal["jpeg", "png"] = "jpeg"
     image_quality: int = Field(default=90, ge=1, le=100)
     extra_body: dict[str, Any] = Field(default_factory=dict, description="extra request fields for the server")
@@ -75,6 +82,8 @@ class OpenAIBackend:
         self._openai = openai
         self._loop = asyncio.new_event_loop()
         self._client: Any = None
+        self._failing = 0  # transient failures in a row; any answer resets it
+        self._last_error = ""
         key_set = bool(os.environ.get(params.api_key_env))
         logger.info(
             "openai backend: %s at %s (key from $%s: %s)",
@@ -98,13 +107,38 @@ class OpenAIBackend:
     async def _generate_all(self, requests: list[ChatRequest]) -> list[Completion]:
         if self._client is None:
             self._client = self._make_client()  # bound to this backend's own event loop
+        if self._given_up() and requests:
+            # The endpoint was failing: one request first, to see whether it is back.
+            first = await self._counted(requests[0])
+            if self._given_up():
+                return [first, *(self._not_sent() for _ in requests[1:])]
+            return [first, *(await self._generate_all(requests[1:]))]
         gate = asyncio.Semaphore(self.params.concurrency)
 
         async def one(request: ChatRequest) -> Completion:
             async with gate:
-                return await self._generate_one(request)
+                return self._not_sent() if self._given_up() else await self._counted(request)
 
         return list(await asyncio.gather(*(one(r) for r in requests)))
+
+    def _given_up(self) -> bool:
+        return self._failing >= self.params.give_up_after
+
+    def _not_sent(self) -> Completion:
+        return Completion(
+            None,
+            error=f"not sent: {self._failing} requests in a row failed (last: {self._last_error})",
+            transient=True,
+        )
+
+    async def _counted(self, request: ChatRequest) -> Completion:
+        answer = await self._generate_one(request)
+        if answer.transient:
+            self._failing += 1
+            self._last_error = answer.error or ""
+        else:
+            self._failing = 0
+        return answer
 
     async def _generate_one(self, request: ChatRequest) -> Completion:
         openai, p = self._openai, self.params
