@@ -81,6 +81,8 @@ class _Broken(http.server.BaseHTTPRequestHandler):
             self._json(404, b'{"error": {"message": "The model `m` does not exist.", "type": "NotFoundError"}}')
         elif self.mode == "bad_request":
             self._json(400, b'{"error": {"message": "image is not valid", "type": "invalid_request_error"}}')
+        elif self.mode == "pinned":  # FastAPI's error shape, as transformers serve answers
+            self._json(400, b"{\"detail\": \"Server is pinned to 'm'; requested 'other'.\"}")
 
     def _json(self, status: int, body: bytes) -> None:
         self.send_response(status)
@@ -93,16 +95,24 @@ class _Broken(http.server.BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def broken_server(mode: str) -> Iterator[tuple[str, type[_Broken]]]:
     """A server that answers every request badly (``error``: 503, ``hang``: never, ``reset``: closes
-    the connection, ``bad_request``: 400, ``not_found``: 404, a model the server does not have); yields
+    the connection, ``bad_request``: 400, ``pinned``: 400 in FastAPI's shape, ``not_found``: 404, a model the server
+    does not have); yields
     (base URL, handler class with its call count)."""
     handler = type(f"Broken_{mode}", (_Broken,), {"mode": mode, "calls": 0})
+    with _serving(handler) as url:
+        yield url, handler
+
+
+@contextlib.contextmanager
+def _serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """``handler`` served on a free port of 127.0.0.1 from a thread; yields the base URL (``.../v1``)."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     server.block_on_close = False  # a hanging handler must not hold the test up at close
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1", handler
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
     finally:
         server.shutdown()
         server.server_close()
@@ -174,12 +184,5 @@ def flaky_proxy(upstream: str, every: int = 3) -> Iterator[tuple[str, FlakyProxy
             with urllib.request.urlopen(request, timeout=120) as response:
                 self._json(response.status, response.read())
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1", proxy
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _serving(Handler) as url:
+        yield url, proxy

@@ -276,6 +276,9 @@ def test_a_bad_request_is_not_transient():
     with broken_server("bad_request") as (url, handler):
         (answer,) = OpenAIBackend(OpenAIParams(base_url=url, model="m", max_retries=2)).generate([request])
     assert handler.calls == 1 and not answer.transient and "HTTP 400" in answer.error
+    with broken_server("pinned") as (url, _):
+        (answer,) = OpenAIBackend(OpenAIParams(base_url=url, model="other")).generate([request])
+    assert "Server is pinned to 'm'; requested 'other'" in answer.error  # the server's own words, recorded
 
 
 def test_unavailable_answers_fail_the_row_as_transient(unseen):
@@ -396,3 +399,17 @@ def test_a_hung_endpoint_costs_a_batch_one_wave_of_timeouts_not_one_per_request(
         handler.mode = "bad_request"
         answers = backend.generate([request] * 4)
         assert handler.calls == 7 and not any(a.transient for a in answers)
+
+
+def test_the_recipe_switches_to_the_openai_backend_with_the_documented_sets():
+    """The `--set`s that pipelines/dense_caption.yaml and the README give make a valid recipe."""
+    from curate.config import load_recipe
+
+    sets = [
+        "steps.dense_caption.params.backend.kind=openai",
+        "steps.dense_caption.params.backend.base_url=http://127.0.0.1:8000/v1",
+        "steps.dense_caption.params.backend.model=NAME",
+    ]
+    recipe = load_recipe("dense_caption", sets, input_path="pool/*.tar", output_path="run")
+    (step,) = [s for s in recipe.steps if s.name == "dense_caption"]
+    assert step.params["backend"] == {"kind": "openai", "base_url": "http://127.0.0.1:8000/v1", "model": "NAME"}

@@ -72,6 +72,15 @@ def to_openai_messages(messages: list[dict], fmt: str = "jpeg", quality: int = 9
     return out
 
 
+def _said(exc: Any) -> str:
+    """What the server said: the client's message, and the body when the message does not carry it
+    (servers that answer FastAPI's ``{"detail": ...}`` rather than OpenAI's ``{"error": ...}``)."""
+    text = (exc.response.text or "").strip() if getattr(exc, "response", None) is not None else ""
+    if text and text[:200] not in exc.message:
+        return f"{exc.message}: {text[:300]}"
+    return exc.message
+
+
 class OpenAIBackend:
     def __init__(self, params: OpenAIParams):
         import openai
@@ -154,7 +163,7 @@ class OpenAIBackend:
             )
         except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as exc:
             field = "model" if isinstance(exc, openai.NotFoundError) else "api_key_env"
-            raise StepInputError(f"backend.{field}: {p.base_url} answered {exc.status_code}: {exc.message}") from exc
+            raise StepInputError(f"backend.{field}: {p.base_url} answered {exc.status_code}: {_said(exc)}") from exc
         except (
             openai.APITimeoutError,
             openai.APIConnectionError,
@@ -168,7 +177,7 @@ class OpenAIBackend:
             transient = exc.status_code >= 500 or exc.status_code in (408, 409, 429)
             return Completion(
                 None,
-                error=f"HTTP {exc.status_code}: {exc.message}",
+                error=f"HTTP {exc.status_code}: {_said(exc)}",
                 transient=transient,
                 latency_s=time.perf_counter() - t0,
             )

@@ -50,7 +50,7 @@ class TransformersParams(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="auto: bfloat16 on cuda, float32 on cpu"
     )
-    batch_size: int = Field(default=8, ge=1, description="requests per generate call")
+    batch_size: int = Field(default=16, ge=1, description="requests per generate call")
 
     @field_validator("model")
     @classmethod
