@@ -64,6 +64,33 @@ class DenseCaptionParams(BaseModel):
         return value
 
 
+def _column(batch: pa.Table, name: str, field: str, kinds: tuple[str, ...]) -> list:
+    if name not in batch.column_names:
+        raise StepInputError(
+            f"{field}: column {name!r} is not in the batch; run the expert before this step or drop its kind "
+            f"from hints (now {list(kinds)})"
+        )
+    return batch[name].to_pylist()
+
+
+def expert_hints(batch: pa.Table, p: DenseCaptionParams, kinds: tuple[str, ...]) -> list[Hints]:
+    """What the experts found in each row, from their columns (``p``: any params with the dense
+    captioner's column fields); the columns of kinds not asked for are not read."""
+    n = batch.num_rows
+    none = [None] * n
+    boxes = labels = texts = tags = alt = none
+    if "detections" in kinds:
+        labels = _column(batch, f"{p.detections_prefix}_labels", "detections_prefix", kinds)
+        boxes = _column(batch, f"{p.detections_prefix}_boxes", "detections_prefix", kinds)
+    if "text" in kinds:
+        texts = _column(batch, f"{p.ocr_prefix}_texts", "ocr_prefix", kinds)
+    if "tags" in kinds:
+        tags = _column(batch, p.tags_column, "tags_column", kinds)
+    if "alt_text" in kinds:
+        alt = _column(batch, p.alt_text_column, "alt_text_column", kinds)
+    return [Hints(*row) for row in zip(boxes, labels, texts, tags, alt, strict=True)]
+
+
 def build_backend(params: BackendParams):
     if params.kind == "transformers":
         from captioners.backends.transformers_backend import TransformersBackend
@@ -108,34 +135,11 @@ class DenseCaptioner:
         self.backend = build_backend(params.backend)
         self.kinds = tuple(params.hints)
 
-    def _column(self, batch: pa.Table, name: str, field: str) -> list:
-        if name not in batch.column_names:
-            raise StepInputError(
-                f"{field}: column {name!r} is not in the batch; run the expert before this step or drop its kind "
-                f"from hints (now {list(self.kinds)})"
-            )
-        return batch[name].to_pylist()
-
-    def hints(self, batch: pa.Table) -> list[Hints]:
-        p, n = self.params, batch.num_rows
-        none = [None] * n
-        boxes = labels = texts = tags = alt = none
-        if "detections" in self.kinds:
-            labels = self._column(batch, f"{p.detections_prefix}_labels", "detections_prefix")
-            boxes = self._column(batch, f"{p.detections_prefix}_boxes", "detections_prefix")
-        if "text" in self.kinds:
-            texts = self._column(batch, f"{p.ocr_prefix}_texts", "ocr_prefix")
-        if "tags" in self.kinds:
-            tags = self._column(batch, p.tags_column, "tags_column")
-        if "alt_text" in self.kinds:
-            alt = self._column(batch, p.alt_text_column, "alt_text_column")
-        return [Hints(*row) for row in zip(boxes, labels, texts, tags, alt, strict=True)]
-
     def __call__(self, batch: pa.Table) -> pa.Table:
         p, n = self.params, batch.num_rows
         status = batch["status"].to_pylist()
         errors = batch["error_message"].to_pylist()
-        hint_lines = [h.lines(self.kinds, p.max_hint_boxes) for h in self.hints(batch)]
+        hint_lines = [h.lines(self.kinds, p.max_hint_boxes) for h in expert_hints(batch, p, self.kinds)]
         rows, requests = [], []
         for i, data in enumerate(batch["image"].to_pylist()):
             try:

@@ -341,6 +341,37 @@ class YoloDetector:
             save=False,
         )
 
+    def detect(
+        self, images: list[Image.Image], names: list[list[str]] | None = None
+    ) -> list[tuple[np.ndarray, list[str], np.ndarray]]:
+        """(boxes ``[x1, y1, x2, y2]`` normalised, rounded to 3 decimals; labels; scores), best first, of
+        decoded RGB images, in batches of ``inference_batch_size``; ``names``: each image's own names
+        (open vocabulary; an image with none gets no boxes), None for a closed-set detector."""
+        out: list[tuple[np.ndarray, list[str], np.ndarray]] = []
+        bs = self.params.inference_batch_size
+        empty = (np.zeros((0, 4), np.float32), [], np.zeros((0,), np.float32))
+        for start in range(0, len(images), bs):
+            chunk = list(range(start, min(len(images), start + bs)))
+            asked = [i for i in chunk if names is None or names[i]]
+            results: dict[int, tuple] = dict.fromkeys(chunk, empty)
+            if asked:
+                budget = self._prompt([names[i] for i in asked]) if names is not None else 1
+                for i, result in zip(asked, self.predict([images[i] for i in asked], budget), strict=True):
+                    results[i] = self._read(result, names[i] if names is not None else None)
+            out += [results[i] for i in chunk]
+        return out
+
+    def _read(self, result: Any, names: list[str] | None) -> tuple[np.ndarray, list[str], np.ndarray]:
+        found = result.boxes
+        cls = found.cls.cpu().numpy().astype(np.int64)
+        xyxyn = np.round(found.xyxyn.cpu().numpy().astype(np.float32).clip(0.0, 1.0), 3)
+        conf = found.conf.cpu().numpy().astype(np.float32)
+        if names is not None:  # drop the padding copies (sorted by score already: keep the first)
+            own = np.flatnonzero(cls < len(names))[: self.params.max_boxes]
+            xyxyn, conf, cls = xyxyn[own], conf[own], cls[own]
+            return xyxyn, [names[c] for c in cls], conf
+        return xyxyn, [self.names[int(c)] for c in cls], conf
+
     def _names_per_row(self, batch: pa.Table) -> list[list[str]] | None:
         """Each row's names (open vocabulary), or None (closed set)."""
         p = self.params
@@ -383,18 +414,9 @@ class YoloDetector:
                 rows.append(i)
             if not rows:
                 continue
-            budget = self._prompt([names[i] for i in rows]) if names is not None else 1
-            for i, result in zip(rows, self.predict(decoded, budget), strict=True):
-                found = result.boxes
-                cls = found.cls.cpu().numpy().astype(np.int64)
-                own = np.flatnonzero(cls < len(names[i]))[: self.params.max_boxes] if names is not None else None
-                xyxyn = np.round(found.xyxyn.cpu().numpy().astype(np.float32).clip(0.0, 1.0), 3)
-                conf = found.conf.cpu().numpy().astype(np.float32)
-                if own is not None:  # drop the padding copies (sorted by score already: keep the first)
-                    xyxyn, conf, cls = xyxyn[own], conf[own], cls[own]
-                boxes[i] = xyxyn.tolist()
-                labels[i] = [names[i][c] for c in cls] if names is not None else [self.names[int(c)] for c in cls]
-                scores[i] = conf.tolist()
+            found = self.detect(decoded, [names[i] for i in rows] if names is not None else None)
+            for i, (xyxyn, found_labels, conf) in zip(rows, found, strict=True):
+                boxes[i], labels[i], scores[i] = xyxyn.tolist(), found_labels, conf.tolist()
         done = [b is not None for b in boxes]
         p = self.params.prefix
         batch = with_status(batch, status, errors)

@@ -49,13 +49,14 @@ class Hints:
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """A prompt file with a ``{hints}`` slot; ``version`` is the hash of its text (goes to the metadata)."""
+    """A prompt file with a ``{hints}`` slot, and any ``fields`` its query fills (``{entity}``); ``version``
+    is the hash of its text (goes to the metadata)."""
 
     name: str
     text: str
 
     @classmethod
-    def load(cls, value: str) -> PromptTemplate:
+    def load(cls, value: str, fields: tuple[str, ...] = ()) -> PromptTemplate:
         """A built-in template by name (``dense_caption``) or a file path."""
         path = Path(value).expanduser()
         if not path.is_file():
@@ -66,15 +67,21 @@ class PromptTemplate:
         text = path.read_text(encoding="utf-8")
         if text.count("{hints}") != 1:
             raise ValueError(f"prompt: {path} must contain {{hints}} exactly once (where the hints go)")
+        for name in fields:
+            if "{" + name + "}" not in text:
+                raise ValueError(f"prompt: {path} must contain {{{name}}} (where the query puts it)")
         return cls(path.stem, text)
 
     @property
     def version(self) -> str:
         return f"{self.name}@{hashlib.sha256(self.text.encode()).hexdigest()[:12]}"
 
-    def render(self, hint_lines: list[str]) -> str:
+    def render(self, hint_lines: list[str], **fields: str) -> str:
         block = "\n".join(hint_lines) if hint_lines else "No hints."
-        return self.text.replace("{hints}", block).strip()
+        text = self.text
+        for name, value in fields.items():
+            text = text.replace("{" + name + "}", value)
+        return text.replace("{hints}", block).strip()
 
 
 def parse_answer(text: str) -> tuple[str | None, str | None]:

@@ -26,6 +26,7 @@ def _cmd_make_pool(args: argparse.Namespace) -> int:
         faults=faults,
         workers=args.workers,
         text_rate=args.text_rate,
+        repeat_rate=args.repeat_rate,
     )
     console.print(f"wrote {args.samples} samples to {args.output}: {summary}")
     return 0
@@ -197,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         metavar="R",
         help="share of scenes with a short English word on a sign, for OCR (ground truth: gt.text); default 0",
+    )
+    p.add_argument(
+        "--repeat-rate",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="chance that each shape after a scene's first repeats its colour and kind (GBC compositions); default 0",
     )
     p.set_defaults(func=_cmd_make_pool)
 

@@ -36,6 +36,7 @@ _BUILTIN_STEPS = (
     "captioners.tags",
     "captioners.detector",
     "captioners.dense",
+    "captioners.gbc",
 )
 _BUILTIN_READERS = (
     "curate.readers.tar_reader",

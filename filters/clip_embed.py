@@ -312,16 +312,28 @@ class ClipEmbedder:
         pixels = torch.stack([self.preprocess(img) for img in images]).to(self.device, dtype=self.input_dtype)
         return F.normalize(self.model.encode_image(pixels).float(), dim=-1)
 
-    def encode_texts(self, prompts: list[str]) -> np.ndarray:
-        """L2-normalised text embeddings (float32, shape ``(len(prompts), embed_dim)``)."""
+    def _batched(self, encode, items: list) -> np.ndarray:
         import torch
 
         out = [np.zeros((0, self.embed_dim), np.float32)]
         bs = self.params.inference_batch_size
         with torch.inference_mode():
-            for start in range(0, len(prompts), bs):
-                out.append(self._encode_text(list(prompts[start : start + bs])).cpu().numpy())
+            for start in range(0, len(items), bs):
+                out.append(encode(list(items[start : start + bs])).cpu().numpy())
         return np.concatenate(out)
+
+    def encode_texts(self, prompts: list[str]) -> np.ndarray:
+        """L2-normalised text embeddings (float32, shape ``(len(prompts), embed_dim)``)."""
+        return self._batched(self._encode_text, prompts)
+
+    def encode_images(self, images: list[Image.Image]) -> np.ndarray:
+        """L2-normalised image embeddings (float32, shape ``(len(images), embed_dim)``) of decoded images."""
+        return self._batched(self._encode_images, images)
+
+    def fills_context(self, texts: list[str]) -> list[bool]:
+        """Whether each text fills the text encoder's whole context (so the tokenizer cut it, or it just fits)."""
+        tokens = self.tokenizer(texts)
+        return [bool(row[-1] != 0) for row in tokens.tolist()]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch

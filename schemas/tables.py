@@ -61,6 +61,9 @@ HEAVY_COLUMNS = ("image",)
 RUNNER_COLUMNS = ("shard_rows",)
 # In the sidecar (where a sample's bytes are in its source) but not in the sample's json.
 LOCATION_COLUMNS = ("image_offset", "image_size")
+# String columns holding JSON documents (a GBC graph: ``gbc_graph``): text in the sidecar, where DuckDB's
+# json functions read them, and an object in the sample's json, not a string inside it.
+JSON_TEXT_SUFFIXES = ("_graph",)
 
 
 def empty_sample_table() -> pa.Table:

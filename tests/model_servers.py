@@ -186,3 +186,46 @@ def flaky_proxy(upstream: str, every: int = 3) -> Iterator[tuple[str, FlakyProxy
 
     with _serving(Handler) as url:
         yield url, proxy
+
+
+@contextlib.contextmanager
+def rewriting_proxy(upstream: str, rewrite) -> Iterator[str]:
+    """An OpenAI-compatible front to a real server whose answers ``rewrite(prompt, ask)`` decides: it
+    gets the request's text and ``ask()``, which forwards the request and returns the real answer,
+    and returns the answer to send (a malformed one on purpose, for parsers facing a bad model)."""
+    import json
+
+    class Handler(_Broken):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            raw = self.rfile.read(int(self.headers.get("content-length") or 0))
+            body = json.loads(raw)
+            prompt = " ".join(
+                part.get("text", "")
+                for message in body["messages"]
+                for part in (message["content"] if isinstance(message["content"], list) else [])
+            ).strip()
+            reply: dict = {}
+
+            def ask() -> str:
+                request = urllib.request.Request(
+                    upstream.rstrip("/") + "/chat/completions", data=raw, headers={"content-type": "application/json"}
+                )
+                with urllib.request.urlopen(request, timeout=120) as response:
+                    reply.update(json.loads(response.read()))
+                return reply["choices"][0]["message"]["content"] or ""
+
+            answer = rewrite(prompt, ask)
+            if not reply:
+                reply.update(
+                    id="rewritten",
+                    object="chat.completion",
+                    created=0,
+                    model=body.get("model", "m"),
+                    choices=[{"index": 0, "message": {"role": "assistant"}, "finish_reason": "stop"}],
+                    usage={"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                )
+            reply["choices"][0]["message"]["content"] = answer
+            self._json(200, json.dumps(reply).encode())
+
+    with _serving(Handler) as url:
+        yield url

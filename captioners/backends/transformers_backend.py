@@ -26,17 +26,24 @@ logger = logging.getLogger(__name__)
 
 TINY_LLAVA_NAME = "curate-tiny-llava"
 TINY_LLAVA_DIR = Path(curate.models.__file__).resolve().parent / "tiny_llava"
+TINY_LLAVA_GBC_NAME = "curate-tiny-llava-gbc"  # fine-tuned for the GBC queries (captioners/gbc.py)
+TINY_LLAVA_GBC_DIR = TINY_LLAVA_DIR.with_name("tiny_llava_gbc")
+COMMITTED_MODELS = {
+    TINY_LLAVA_NAME: (TINY_LLAVA_DIR, "train_tiny_llava.py"),
+    TINY_LLAVA_GBC_NAME: (TINY_LLAVA_GBC_DIR, "train_tiny_llava_gbc.py"),
+}
 
 
 def resolve_model_dir(value: str) -> Path:
-    if value == TINY_LLAVA_NAME:
-        if not (TINY_LLAVA_DIR / "config.json").is_file():
-            raise ValueError(f"model: {TINY_LLAVA_DIR} has no model; run scripts/train_tiny_llava.py")
-        return TINY_LLAVA_DIR
+    if value in COMMITTED_MODELS:
+        folder, script = COMMITTED_MODELS[value]
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"model: {folder} has no model; run scripts/{script}")
+        return folder
     path = Path(value).expanduser()
     if not (path / "config.json").is_file():
         raise ValueError(
-            f"model: value {value!r} is not {TINY_LLAVA_NAME!r} nor a local model folder with a config.json "
+            f"model: value {value!r} is none of {sorted(COMMITTED_MODELS)} nor a local model folder with a config.json "
             f"(nothing is downloaded: fetch it with `huggingface-cli download ORG/NAME --local-dir DIR` first)"
         )
     return path

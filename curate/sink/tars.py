@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from schemas.tables import HEAVY_COLUMNS, LOCATION_COLUMNS, RUNNER_COLUMNS
+from schemas.tables import HEAVY_COLUMNS, JSON_TEXT_SUFFIXES, LOCATION_COLUMNS, RUNNER_COLUMNS
 
 _TAR_MTIME = 0
 
@@ -28,6 +28,8 @@ def _json_ready(row: dict) -> dict:
     for name, value in row.items():
         if name == "meta":
             out["meta"] = json.loads(value) if value else {}
+        elif name.endswith(JSON_TEXT_SUFFIXES) and isinstance(value, str):
+            out[name] = json.loads(value)
         elif isinstance(value, bytes):
             continue
         elif isinstance(value, float) and value != value:

@@ -12,9 +12,8 @@ from curate.synth.faults import FaultRates
 from curate.synth.shard import write_shard
 
 
-def _shard_job(args: tuple[str, int, int, int, int, FaultRates, float]) -> dict[str, Any]:
-    output_dir, shard_id, n, shard_size, seed, rates, text_rate = args
-    return write_shard(output_dir, shard_id, n, shard_size, seed, rates, text_rate)
+def _shard_job(args: tuple[str, int, int, int, int, FaultRates, float, float]) -> dict[str, Any]:
+    return write_shard(*args)
 
 
 def make_pool(
@@ -26,6 +25,7 @@ def make_pool(
     faults: FaultRates | None = None,
     workers: int = 1,
     text_rate: float = 0.0,
+    repeat_rate: float = 0.0,
 ) -> dict[str, Any]:
     """Write ``ceil(samples / shard_size)`` shards (``00000000.tar/.parquet/_stats.json``, ...).
 
@@ -45,11 +45,22 @@ def make_pool(
         raise ValueError(f"workers must be >= 1, got {workers}")
     if isinstance(text_rate, bool) or not isinstance(text_rate, (int, float)) or not 0.0 <= text_rate <= 1.0:
         raise ValueError(f"text_rate must be a number in [0, 1], got {text_rate!r}")
+    if isinstance(repeat_rate, bool) or not isinstance(repeat_rate, (int, float)) or not 0.0 <= repeat_rate <= 1.0:
+        raise ValueError(f"repeat_rate must be a number in [0, 1], got {repeat_rate!r}")
     rates = faults if faults is not None else FaultRates()
     os.makedirs(output_dir, exist_ok=True)
     n_shards = math.ceil(samples / shard_size)
     jobs = [
-        (output_dir, k, min(shard_size, samples - k * shard_size), shard_size, seed, rates, float(text_rate))
+        (
+            output_dir,
+            k,
+            min(shard_size, samples - k * shard_size),
+            shard_size,
+            seed,
+            rates,
+            float(text_rate),
+            float(repeat_rate),
+        )
         for k in range(n_shards)
     ]
     if workers == 1 or n_shards <= 1:
@@ -72,6 +83,8 @@ def make_pool(
         "failed_to_resize": 0,
         "faults": dict(sorted(faults_count.items())),
     }
+    if repeat_rate > 0:
+        summary["repeat_rate"] = float(repeat_rate)
     if text_rate > 0:
         summary["text_rate"] = float(text_rate)
         summary["texts"] = sum(r["texts"] for r in results)

@@ -270,6 +270,33 @@ def sample_scene(rng: np.random.Generator, orig_w: int, orig_h: int) -> Scene:
     )
 
 
+def with_repeats(rng: np.random.Generator, scene: Scene, rate: float) -> Scene:
+    """The scene with each shape after the first made, at ``rate``, another of the first shape's colour
+    and kind (its place and size kept), so that scenes hold several shapes of one phrase: the groups
+    graph-based captions describe as compositions."""
+    if len(scene.shapes) < 2:
+        return scene
+    first = scene.shapes[0]
+    shapes = [first]
+    for shape in scene.shapes[1:]:
+        if rng.random() < rate:
+            ref = np.array(COLORS[first.color], dtype=np.float64)
+            rgb = tuple(int(v) for v in np.clip(ref + rng.uniform(-12, 12, size=3), COLOR_MIN, COLOR_MAX))
+            shape = ShapeSpec(
+                first.label,
+                first.color,
+                shape.size,
+                shape.cx,
+                shape.cy,
+                shape.extent,
+                first.aspect,
+                first.rotation,
+                rgb,  # type: ignore[arg-type]
+            )
+        shapes.append(shape)
+    return Scene(**{**scene.__dict__, "shapes": tuple(shapes), "relations": compute_relations(tuple(shapes))})
+
+
 def perturb_scene(rng: np.random.Generator, scene: Scene) -> Scene:
     """A near-duplicate: a slight crop, a brightness change and another JPEG quality."""
     w, h = scene.canvas_w, scene.canvas_h

@@ -22,7 +22,7 @@ from curate.synth.captions_i18n import caption_foreign
 from curate.synth.faults import FaultRates
 from curate.synth.i2d_format import ShardWriter, compute_key, oom_sample_per_shard, write_stats
 from curate.synth.render import corrupt_bytes, render_jpeg
-from curate.synth.scene import Scene, perturb_scene, sample_original_size, sample_scene
+from curate.synth.scene import Scene, perturb_scene, sample_original_size, sample_scene, with_repeats
 from curate.synth.text import with_text
 
 URL_TEMPLATE = "https://shapes.example/img/{uid}.jpg"
@@ -45,6 +45,7 @@ DOWNLOAD_ERRORS: tuple[tuple[str, float], ...] = (
 
 
 _TEXT_STREAM = 2  # stream 1 corrupts bytes
+_REPEAT_STREAM = 3
 
 
 def make_uid(seed: int, shard_id: int, index: int) -> str:
@@ -69,10 +70,14 @@ def _sample_rng(seed: int, shard_id: int, index: int, stream: int = 0) -> np.ran
     return np.random.default_rng([seed, shard_id, index, stream])
 
 
-def _fresh(seed: int, shard_id: int, index: int, uid: str, fault: str, text_rate: float = 0.0) -> PlannedSample:
+def _fresh(
+    seed: int, shard_id: int, index: int, uid: str, fault: str, text_rate: float = 0.0, repeat_rate: float = 0.0
+) -> PlannedSample:
     rng = _sample_rng(seed, shard_id, index)
     kind = {"tiny_image": "tiny", "extreme_aspect": "extreme"}.get(fault, "normal")
     scene = sample_scene(rng, *sample_original_size(rng, kind))
+    if repeat_rate > 0:  # a stream of its own, as for signs
+        scene = with_repeats(_sample_rng(seed, shard_id, index, _REPEAT_STREAM), scene, repeat_rate)
     if text_rate > 0 and fault != "failed_download":
         # A stream of its own: the scene, its captions and every other sample are as without signs.
         trng = _sample_rng(seed, shard_id, index, _TEXT_STREAM)
@@ -99,29 +104,33 @@ def _fresh(seed: int, shard_id: int, index: int, uid: str, fault: str, text_rate
     return s
 
 
-def plan_shard(seed: int, shard_id: int, n: int, rates: FaultRates, text_rate: float = 0.0) -> list[PlannedSample]:
+def plan_shard(
+    seed: int, shard_id: int, n: int, rates: FaultRates, text_rate: float = 0.0, repeat_rate: float = 0.0
+) -> list[PlannedSample]:
     """Decide every sample of a shard: fault, scene, captions and cross-sample references.
 
-    ``text_rate``: the share of scenes that get a word on a sign (``curate.synth.text``)."""
+    ``text_rate``: the share of scenes that get a word on a sign (``curate.synth.text``);
+    ``repeat_rate``: the chance each later shape repeats the first one's colour and kind."""
     rng = np.random.default_rng([seed, shard_id])
     faults = [rates.pick(float(u)) for u in rng.random(n)]
     uids = [make_uid(seed, shard_id, i) for i in range(n)]
     deferred = ("swapped_caption", "near_duplicate")
     plan: list[PlannedSample | None] = [
-        None if f in deferred else _fresh(seed, shard_id, i, uids[i], f, text_rate) for i, f in enumerate(faults)
+        None if f in deferred else _fresh(seed, shard_id, i, uids[i], f, text_rate, repeat_rate)
+        for i, f in enumerate(faults)
     ]
     clean = [i for i, f in enumerate(faults) if f == "none"]
     for i, f in enumerate(faults):
         if f not in deferred:
             continue
         if not clean:  # nothing to borrow from in a tiny shard: the sample stays clean
-            plan[i] = _fresh(seed, shard_id, i, uids[i], "none", text_rate)
+            plan[i] = _fresh(seed, shard_id, i, uids[i], "none", text_rate, repeat_rate)
             continue
         j = clean[int(rng.integers(len(clean)))]
         src = plan[j]
         assert src is not None
         if f == "swapped_caption":
-            s = _fresh(seed, shard_id, i, uids[i], f, text_rate)
+            s = _fresh(seed, shard_id, i, uids[i], f, text_rate, repeat_rate)
             for _ in range(8):  # avoid borrowing a caption that happens to describe this image too
                 if src.caption != s.true_caption:
                     break
@@ -163,10 +172,17 @@ def _gt(s: PlannedSample) -> dict[str, Any]:
 
 
 def write_shard(
-    output_dir: str, shard_id: int, n: int, shard_size: int, seed: int, rates: FaultRates, text_rate: float = 0.0
+    output_dir: str,
+    shard_id: int,
+    n: int,
+    shard_size: int,
+    seed: int,
+    rates: FaultRates,
+    text_rate: float = 0.0,
+    repeat_rate: float = 0.0,
 ) -> dict[str, Any]:
     """Write ``NNNNNNNN.tar``, ``.parquet`` and ``_stats.json``; return counts."""
-    plan = plan_shard(seed, shard_id, n, rates, text_rate)
+    plan = plan_shard(seed, shard_id, n, rates, text_rate, repeat_rate)
     oom = oom_sample_per_shard(shard_size)
     writer = ShardWriter(output_dir, shard_id)
     status: Counter[str] = Counter()
