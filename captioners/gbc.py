@@ -193,6 +193,28 @@ def _view_box(builder: GraphBuilder, vertex_id: str, width: int, height: int, ma
     return crop_box(to_pixels(builder.nodes[vertex_id].box, width, height), width, height, margin)
 
 
+def decode_view(data: bytes | None, size: int) -> Image.Image:
+    """An image as every query of it sees it: decoded once, at most ``size`` px on its longest side."""
+    image = decode_image(data, size)
+    image.thumbnail((size, size))
+    return image
+
+
+def _one_per_singular(phrases: list[Phrase], problems: list[str]) -> list[Phrase]:
+    """Phrases that name the same thing ("red star" and "red stars") once: the first, ``multiple`` if
+    either is (the detector is told the singular, so both would find the same boxes)."""
+    kept: dict[str, Phrase] = {}
+    for phrase in phrases:
+        key = singular(phrase.text)
+        if key in kept:
+            problems.append(f"phrase {phrase.text!r}: the same as {kept[key].text!r}")
+            if phrase.multiple and not kept[key].multiple:
+                kept[key] = Phrase(kept[key].text, True)
+            continue
+        kept[key] = phrase
+    return list(kept.values())
+
+
 @register_step("gbc_caption", params=GbcParams, needs_pixels=True, rows="kept")
 class GbcCaptioner:
     """A graph of image, entity, composition and relation nodes with their captions, per image."""
@@ -262,8 +284,9 @@ class GbcCaptioner:
                 continue
             w.builder.describe("", parsed.detail, "detail")
             w.builder.describe("", parsed.short, "short")
-            if parsed.elements:
-                w.detect.append(("", parsed.elements))
+            elements = _one_per_singular(parsed.elements, w.builder.problems)
+            if elements:
+                w.detect.append(("", elements))
             w.settle.append("")
         return failed
 
@@ -280,14 +303,15 @@ class GbcCaptioner:
             cut = _view_box(w.builder, vertex, *w.image.size, self.params.crop_margin)
             crops.append(w.image.crop(cut))
             cuts.append(cut)
-        found = self.detector.detect(crops, [[p.text for p in phrases] for _, _, phrases in jobs])
+        # The detector is told each phrase in the singular ("tree" for "trees"), as detectors' class names are.
+        found = self.detector.detect(crops, [[singular(p.text) for p in phrases] for _, _, phrases in jobs])
         new: list[tuple[int, str, str]] = []
         for (i, vertex, phrases), cut, (boxes, labels, scores) in zip(jobs, cuts, found, strict=True):
             w = works[i]
             width, height = w.image.size
             cw, ch = cut[2] - cut[0], cut[3] - cut[1]
             for phrase in phrases:
-                mine = [k for k, label in enumerate(labels) if label == phrase.text]
+                mine = [k for k, label in enumerate(labels) if label == singular(phrase.text)]
                 px = [(b[0] * cw, b[1] * ch, b[2] * cw, b[3] * ch) for b in boxes[mine].tolist()]
                 keep = select_boxes(
                     px, scores[mine].tolist(), (cw, ch), phrase.multiple, vertex != "", rule=self.selection
@@ -336,8 +360,9 @@ class GbcCaptioner:
                 continue
             b.describe(q.vertex, parsed.detail, "detail")
             node = b.nodes[q.vertex]
-            if parsed.parts and node.depth < self.params.max_depth:
-                works[q.row].detect.append((q.vertex, parsed.parts))
+            parts = _one_per_singular(parsed.parts, b.problems)
+            if parts and node.depth < self.params.max_depth:
+                works[q.row].detect.append((q.vertex, parts))
 
     def _settle_round(self, works: dict[int, ImageWork]) -> None:
         """Composition and relation queries of the vertices whose children are known."""
@@ -388,11 +413,16 @@ class GbcCaptioner:
                 for line in parsed.general:
                     b.describe(q.vertex, line, "short")
             else:
-                groups = dict(q.context)
-                parsed = parse_relation_answer(a.text or "", list(groups), self.params.max_relations)
+                # A child is named by its phrase or that phrase's singular ("red diamonds" / "red diamond").
+                aliases: dict[str, str] = {}
+                for text, child in q.context:
+                    aliases.setdefault(text, child)
+                    aliases.setdefault(singular(text), child)
+                parsed = parse_relation_answer(a.text or "", list(aliases), self.params.max_relations)
                 b.problems += [f"relations of {q.vertex!r}: {p}" for p in parsed.problems]
                 for sentence, named in parsed.relations:
-                    b.add_relation(q.vertex, sentence, [(t, groups[t]) for t in named])
+                    by_child = {aliases[t]: t for t in reversed(named)}
+                    b.add_relation(q.vertex, sentence, [(t, c) for c, t in by_child.items()])
 
     @staticmethod
     def _phrase_of(builder: GraphBuilder, vertex: str) -> str:
@@ -411,8 +441,7 @@ class GbcCaptioner:
         works: dict[int, ImageWork] = {}
         for i, data in enumerate(batch["image"].to_pylist()):
             try:
-                image = decode_image(data, p.image_size)
-                image.thumbnail((p.image_size, p.image_size))
+                image = decode_view(data, p.image_size)
             except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad data
                 status[i], errors[i] = STATUS_FAILED_DECODE, f"{type(exc).__name__}: {exc}"
                 continue

@@ -142,18 +142,22 @@ class GraphBuilder:
                     self.drop(target.vertex_id)
 
     def child_groups(self, vertex_id: str) -> list[tuple[str, str]]:
-        """(edge text, child id) of a vertex's entity and composition children, one per phrase."""
+        """(edge text, child id) of a vertex's entity and composition children, one per child (the first
+        phrase naming it: a merged child may be named twice)."""
         out: dict[str, str] = {}
         for e in self.nodes[vertex_id].out_edges:
             child = self.nodes.get(e.target)
             if child is not None and child.label in ("entity", "composition"):
-                out.setdefault(e.text, e.target)
-        return list(out.items())
+                out.setdefault(e.target, e.text)
+        return [(text, child) for child, text in out.items()]
 
     def add_relation(self, parent: str, sentence: str, named: list[tuple[str, str]]) -> None:
         """A relation caption naming children (edge text, child id) of ``parent``: the vertex
         ``[sorted child ids]`` gets it (made on first use, linked from the parent by each phrase)."""
         ids = sorted({child for _, child in named})
+        if len(ids) < 2:
+            self.problems.append(f"relation {sentence[:60]!r}: names one node twice, not two")
+            return
         rid = "[" + "|".join(ids) + "]"
         if rid not in self.nodes:
             if not self._room():

@@ -81,23 +81,13 @@ def validate(graph: Graph, tolerance: float = 0.02) -> list[str]:
             problems.append(f"{v.vertex_id!r}: box {box.left, box.top, box.right, box.bottom} is outside [0, 1]")
         elif box.left > box.right or box.top > box.bottom:
             problems.append(f"{v.vertex_id!r}: box has left > right or top > bottom")
-        for e in v.out_edges:
-            target = by_id.get(e.target)
-            if e.source != v.vertex_id:
-                problems.append(f"{v.vertex_id!r}: out-edge {e.source!r} -> {e.target!r} does not start here")
-            elif target is None:
-                problems.append(f"{v.vertex_id!r}: out-edge to missing vertex {e.target!r}")
-            elif e not in target.in_edges:
-                problems.append(f"edge {e.source!r} -> {e.target!r} ({e.text!r}) is not among the target's in-edges")
+        problems += _edge_problems(v, by_id, outgoing=True)
+        problems += _edge_problems(v, by_id, outgoing=False)
         for e in v.in_edges:
             source = by_id.get(e.source)
-            if e.target != v.vertex_id:
-                problems.append(f"{v.vertex_id!r}: in-edge {e.source!r} -> {e.target!r} does not end here")
-            elif source is None:
-                problems.append(f"{v.vertex_id!r}: in-edge from missing vertex {e.source!r}")
-            elif e not in source.out_edges:
-                problems.append(f"edge {e.source!r} -> {e.target!r} ({e.text!r}) is not among the source's out-edges")
-            elif source.label in ("entity", "composition") and v.label in ("entity", "composition"):
+            if source is None or e.target != v.vertex_id or e not in source.out_edges:
+                continue
+            if source.label in ("entity", "composition") and v.label in ("entity", "composition"):
                 p = source.bbox
                 inside = (
                     box.left >= p.left - tolerance
@@ -109,6 +99,24 @@ def validate(graph: Graph, tolerance: float = 0.02) -> list[str]:
                     problems.append(f"{v.vertex_id!r}: box is not inside its parent {source.vertex_id!r}'s box")
         problems += _id_problems(v, by_id)
     problems += _reach_problems(root, by_id)
+    return problems
+
+
+def _edge_problems(v: Vertex, by_id: dict[str, Vertex], outgoing: bool) -> list[str]:
+    """Each out-edge (or in-edge) of ``v`` starts (ends) at ``v`` and is listed by its other end too."""
+    here, there, side, other_side = ("source", "target", "out", "in") if outgoing else ("target", "source", "in", "out")
+    problems = []
+    for e in v.out_edges if outgoing else v.in_edges:
+        other = by_id.get(getattr(e, there))
+        if getattr(e, here) != v.vertex_id:
+            problems.append(f"{v.vertex_id!r}: {side}-edge {e.source!r} -> {e.target!r} is not {v.vertex_id!r}'s")
+        elif other is None:
+            problems.append(f"{v.vertex_id!r}: {side}-edge {e.source!r} -> {e.target!r} names a missing vertex")
+        elif e not in (other.in_edges if outgoing else other.out_edges):
+            name = "target" if outgoing else "source"
+            problems.append(
+                f"edge {e.source!r} -> {e.target!r} ({e.text!r}) is not among the {name}'s {other_side}-edges"
+            )
     return problems
 
 

@@ -59,6 +59,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval-samples", type=int, default=60)
     p.add_argument("--eval-seed", type=int, default=98)
+    p.add_argument(
+        "--relation-boost",
+        type=int,
+        default=1,
+        help="relation examples per image with 2+ elements, each in a new order",
+    )
+    p.add_argument("--other-share", type=float, default=1.0, help="share of the other examples kept")
     p.add_argument("--eval-only", action="store_true", help="evaluate the model in --out again")
     return p.parse_args(argv)
 
@@ -85,8 +92,10 @@ def _jitter(box: tuple, rng: random.Random, amount: float = 0.05) -> tuple:
     return tuple(v + rng.uniform(-amount, amount) * (w if k % 2 == 0 else h) for k, v in enumerate(box))
 
 
-def examples_of(image, meta: dict, found: dict, rng: random.Random) -> list[tuple]:
-    """(image, prompt, answer) of the four query kinds for one training image."""
+def examples_of(image, meta: dict, found: dict, rng: random.Random, relation_boost: int = 1) -> list[tuple]:
+    """(image, prompt, answer) of the four query kinds for one training image; ``relation_boost``
+    relation examples, the elements in a new random order in each after the first (so the model
+    learns to copy the names it is given, whatever their order)."""
     from captioners.gbc_geometry import composition_hints, composition_view, entity_view, relation_hints, relation_pairs
     from captioners.gbc_prompts import GBC_PROMPTS
     from captioners.hints import HINT_KINDS
@@ -107,10 +116,11 @@ def examples_of(image, meta: dict, found: dict, rng: random.Random) -> list[tupl
         crop, _ = entity_view(image, _jitter(tuple(rng.choice(shapes)["bbox"]), rng))
         out.append((crop, prompts["entity"].render([], entity=rng.choice(absent)), truth.ABSENT_ANSWER))
     groups = truth.groups(meta)
-    if len(groups) >= 2:
-        pairs = relation_pairs([(g.text, g.box, g.multiple) for g in groups], MAX_RELATIONS)
+    for k in range(relation_boost if len(groups) >= 2 else 0):
+        order = groups if k == 0 else rng.sample(groups, len(groups))
+        pairs = relation_pairs([(g.text, g.box, g.multiple) for g in order], MAX_RELATIONS)
         prompt = prompts["relation"].render(
-            relation_hints(pairs), count=str(MAX_RELATIONS), elements=", ".join(f"[{g.text}]" for g in groups)
+            relation_hints(pairs), count=str(MAX_RELATIONS), elements=", ".join(f"[{g.text}]" for g in order)
         )
         out.append((image, prompt, truth.relation_answer(pairs)))
     for g in groups:
@@ -134,10 +144,11 @@ def fine_tune(args: argparse.Namespace, table, metas: dict, found: dict) -> dict
     rng = random.Random(1)
     triples = []
     for uid, data in zip(table["uid"].to_pylist(), table["image"].to_pylist(), strict=True):
-        triples += examples_of(decode_image(data, 512), metas[uid], found[uid], rng)
+        made = examples_of(decode_image(data, 512), metas[uid], found[uid], rng, args.relation_boost)
+        triples += [t for t in made if t[1].startswith("Name at") or rng.random() < args.other_share]
     kinds: dict[str, int] = {}
     for _, prompt, _ in triples:
-        key = prompt.split()[0]
+        key = " ".join(prompt.split()[:2])
         kinds[key] = kinds.get(key, 0) + 1
     logger.info("%d examples (%s)", len(triples), kinds)
     examples = [base.encode_example(processor, i, p, a) for i, p, a in triples]
@@ -149,6 +160,10 @@ def fine_tune(args: argparse.Namespace, table, metas: dict, found: dict) -> dict
     model.save_pretrained(args.out)
     processor.save_pretrained(args.out)
     return {**timings, "losses": losses, "examples": len(examples), "kinds": kinds}
+
+
+def training_command() -> str:
+    return shlex.join(["python", "scripts/train_tiny_llava_gbc.py", *(a for a in sys.argv[1:] if a != "--eval-only")])
 
 
 def evaluate(args: argparse.Namespace, table, metas: dict) -> dict:
@@ -187,12 +202,14 @@ def gbc_params(model_dir: Path) -> dict:
     return {
         "backend": {"kind": "transformers", "model": str(model_dir), "device": "cpu"},
         "detector": {"weights": "curate-tiny-yolo-world", "device": "cpu"},
+        "selection": {"min_score": 0.1, "min_area_px": 300},  # the shapes world's calibration (the recipe's)
     }
 
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     logger.setLevel(logging.INFO)
+    base.logger.setLevel(logging.INFO)  # its train() logs each epoch's loss
     args = parse_args(argv)
     import torch
 
@@ -206,33 +223,49 @@ def main(argv: list[str] | None = None) -> None:
         args.work / f"gbc-eval-s{args.eval_seed}-{tag}", args.eval_samples, args.eval_seed, args
     )
     pools = time.perf_counter() - t0
-    recorded = args.work / "gbc_timings.json"
+    recorded = args.out / "training_history.json"  # one entry per training run, in order
     if not args.eval_only:
+        continuing = args.base.resolve() == args.out.resolve()
+        history = json.loads(recorded.read_text()) if continuing and recorded.is_file() else []
         t0 = time.perf_counter()
         found = base.expert_hints(train_table, args.work / f"gbc-experts-s{args.seed}-{tag}.json")
         experts = time.perf_counter() - t0
-        recorded.write_text(
-            json.dumps({"pools": pools, "experts": experts, **fine_tune(args, train_table, train_metas, found)})
+        run = fine_tune(args, train_table, train_metas, found)
+        keys = ("epochs", "lr", "relation_boost", "other_share", "samples", "seed")
+        history.append(
+            {
+                "command": training_command(),
+                "base": "curate-tiny-llava" if not continuing else "curate-tiny-llava-gbc (the run before)",
+                **{k: getattr(args, k) for k in keys},
+                "pools": pools,
+                "experts": experts,
+                **run,
+            }
         )
-    timings = json.loads(recorded.read_text())
+        recorded.write_text(json.dumps(history, indent=1))
+    history = json.loads(recorded.read_text())
+    timings: dict = {}
     t0 = time.perf_counter()
     metrics = evaluate(args, eval_table, eval_metas)
     timings["eval"] = time.perf_counter() - t0
     logger.info("evaluation: %s", json.dumps(metrics))
-    (args.out / "MODEL_CARD.md").write_text(render_card(args, metrics, timings))
+    (args.out / "MODEL_CARD.md").write_text(render_card(args, metrics, timings, history))
 
 
-def render_card(args: argparse.Namespace, metrics: dict, timings: dict) -> str:
+def render_card(args: argparse.Namespace, metrics: dict, timings: dict, history: list[dict]) -> str:
     import platform
 
     import transformers
 
     size_mb = sum(f.stat().st_size for f in args.out.glob("*.safetensors")) / 1e6
-    command = shlex.join(
-        ["python", "scripts/train_tiny_llava_gbc.py", *(a for a in sys.argv[1:] if a != "--eval-only")]
+    runs = "\n".join(
+        f"{k + 1}. `{h['command']}` from {h['base']}: {h['examples']} examples "
+        f"({', '.join(f'{v} {n.lower()}' for n, v in h['kinds'].items())}), relation examples per image "
+        f"{h['relation_boost']}, other examples kept {h['other_share']:.0%}; AdamW lr {h['lr']}, {h['epochs']} "
+        f"epochs, mean loss per epoch {', '.join(f'{v:.3f}' for v in h['losses'])}; wall time: experts "
+        f"{h['experts']:.0f} s, encoding {h['encode']:.0f} s, training {h['train']:.0f} s."
+        for k, h in enumerate(history)
     )
-    losses = ", ".join(f"{v:.3f}" for v in timings["losses"])
-    kinds = ", ".join(f"{v} {k.lower()}" for k, v in timings["kinds"].items())
 
     def f(key: str) -> str:
         value = metrics.get(key)
@@ -271,22 +304,26 @@ its base does.
 
 - Pool: `make_pool(samples={args.samples}, seed={args.seed}, text_rate={args.text_rate},
   repeat_rate={args.repeat_rate})` with web-like alt-text on {args.alt_fault_rate:.0%} of the samples.
-- {timings["examples"]} examples from the ground truth (`curate.synth.gbc_truth`), by prompt opening: {kinds}.
-  Image queries carry the real experts' hints (each kind on a random half), entity queries the shape's
-  jittered true box as crop, relation queries the pairwise directions of the elements' boxes as
-  hints, composition queries the numbered boxes and spanning-tree hints.
-- AdamW lr {args.lr}, cosine with 5% warm-up, batch {args.batch_size}, {args.epochs} epochs from the base
-  weights. Mean loss per epoch: {losses}.
-- Command: `{command}`; wall time: pools {timings["pools"]:.0f} s, experts {timings["experts"]:.0f} s,
-  encoding {timings["encode"]:.0f} s, training {timings["train"]:.0f} s, evaluation {timings["eval"]:.0f} s
-  ({platform.machine()}, {args.threads} threads, transformers {transformers.__version__}).
+- Examples from the ground truth (`curate.synth.gbc_truth`). Image queries carry the real experts'
+  hints (each kind on a random half), entity queries the shape's jittered true box as crop (and, on
+  half of the images, a phrase not in the scene: "Object Present: No"), relation queries the
+  pairwise directions of the elements' boxes as hints, composition queries the numbered boxes and
+  spanning-tree hints. Batch {args.batch_size}, cosine schedule with 5% warm-up, loss on the answer only.
+- Runs, in order (run them in this order to reproduce the weights):
+
+{runs}
+
+  ({platform.machine()}, {args.threads} threads, transformers {transformers.__version__}; evaluation
+  {timings["eval"]:.0f} s.)
 
 ## Graphs it builds, on an unseen seed
 
 `make_pool(samples={args.eval_samples}, seed={args.eval_seed})` with the same options, {metrics["images"]}
-images, through the `gbc_caption` step (the committed tiny YOLO-World finds each phrase; defaults
-otherwise): {metrics["graphs"]} graphs, {metrics["vertices"]} vertices, {metrics["calls"]} MLLM requests,
-{metrics["seconds"]:.0f} s. Scored by `curate.synth.gbc_truth.score_graph`:
+images, through the `gbc_caption` step (the committed tiny YOLO-World finds each phrase; box selection
+as the `gbc_recaption` recipe calibrates it, `min_score` 0.1, `min_area_px` 300; other params default):
+{metrics["graphs"]} graphs, {metrics["vertices"]} vertices, {metrics["calls"]} MLLM requests,
+{metrics["seconds"]:.0f} s.
+Scored by `curate.synth.gbc_truth.score_graph`:
 
 | nodes | precision | recall | counts |
 |---|---|---|---|
@@ -296,8 +333,14 @@ otherwise): {metrics["graphs"]} graphs, {metrics["vertices"]} vertices, {metrics
 
 - The shapes world only. Shapes have no parts, so entity queries always answer no prominent features
   and graphs are two levels deep.
+- The image query is the weak step. Like its base, the model binds colours to kinds poorly from
+  its own vision and the experts' hints (kinds with boxes, colours as tags), so it often names one
+  phrase for different shapes ("two yellow hexagons" for a yellow circle and an orange hexagon).
+  The detector then finds only what was named, and phrases naming the same thing are merged, so
+  few images get two child groups: relation queries are rare (the relation recall above).
 - Relations are read from the boxes' geometry, given as hints: the model's part is to name the pair
   and keep the direction; its own vision adds nothing there.
+- Entity captions name the background of the crop, which the model often gets wrong.
 """
 
 

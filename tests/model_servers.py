@@ -190,8 +190,9 @@ def flaky_proxy(upstream: str, every: int = 3) -> Iterator[tuple[str, FlakyProxy
 
 @contextlib.contextmanager
 def rewriting_proxy(upstream: str, rewrite) -> Iterator[str]:
-    """An OpenAI-compatible front to a real server whose answers ``rewrite(prompt, ask)`` decides: it
-    gets the request's text and ``ask()``, which forwards the request and returns the real answer,
+    """An OpenAI-compatible front to a real server whose answers ``rewrite(prompt, image_key, ask)``
+    decides: it gets the request's text, its image's key (``image_key``: the hash of the data URL, as
+    ``FlakyProxy`` counts them) and ``ask()``, which forwards the request and returns the real answer,
     and returns the answer to send (a malformed one on purpose, for parsers facing a bad model)."""
     import json
 
@@ -214,7 +215,7 @@ def rewriting_proxy(upstream: str, rewrite) -> Iterator[str]:
                     reply.update(json.loads(response.read()))
                 return reply["choices"][0]["message"]["content"] or ""
 
-            answer = rewrite(prompt, ask)
+            answer = rewrite(prompt, _image_key(raw), ask)
             if not reply:
                 reply.update(
                     id="rewritten",

@@ -93,3 +93,21 @@ def run_in_process(recipe_name: str, pattern: str, out: Path, overrides: list[st
         recipe_name, [*(overrides or []), "ray.progress_bars=false"], input_path=pattern, output_path=str(out)
     )
     return run_recipe(recipe)
+
+
+def write_recipe(folder: Path, recipe: dict) -> Path:
+    """``recipe`` as ``<folder>/<name>.yaml``; returns the path."""
+    import yaml
+
+    path = folder / f"{recipe['name']}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def stored_stage_tables(run: Path, stage: int = 0) -> list:
+    """What a killed run had safely stored of a stage: its committed shard outputs and its parts."""
+    import pyarrow as pa
+
+    tables = [pq.read_table(p) for p in run.glob(f"_cache/stage{stage}-*/0*.parquet")]
+    parts = run.glob(f"_cache/stage{stage}-*/_parts/*/*.arrow")
+    return tables + [pa.ipc.open_file(pa.memory_map(str(p))).read_all() for p in parts]

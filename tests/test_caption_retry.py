@@ -12,10 +12,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from conftest import pool_pattern
 from model_servers import flaky_proxy, transformers_serve
-from run_helpers import run_cli
+from run_helpers import run_cli, stored_stage_tables, write_recipe
 
 from captioners.backends.transformers_backend import TINY_LLAVA_DIR
 from curate.synth import make_pool
@@ -59,15 +58,12 @@ def _recipe(folder: Path, base_url: str) -> Path:
         ],
         "output": {"caption_field": "dense_caption"},
     }
-    path = folder / "caption_retry.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_recipe(folder, recipe)
 
 
 def _finished_rows(run: Path) -> int:
     """Rows captioned and safely stored when the run died: in committed stage outputs or in parts."""
-    tables = [pq.read_table(p) for p in run.glob("_cache/stage0-*/0*.parquet")]
-    tables += [pa.ipc.open_file(pa.memory_map(str(p))).read_all() for p in run.glob("_cache/stage0-*/_parts/*/*.arrow")]
+    tables = stored_stage_tables(run)
     return sum(pc.sum(pc.is_valid(t["dense_answer"])).as_py() or 0 for t in tables if "dense_answer" in t.column_names)
 
 

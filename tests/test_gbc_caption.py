@@ -17,27 +17,34 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from conftest import pool_pattern
 from model_servers import flaky_proxy, rewriting_proxy, transformers_serve
-from run_helpers import run_cli
+from run_helpers import run_cli, stored_stage_tables, write_recipe
 
 import captioners.gbc  # noqa: F401 - registers the step
 from captioners.backends.transformers_backend import TINY_LLAVA_GBC_DIR
+from captioners.gbc import decode_view
 from curate.readers.base import list_shards, read_shard
 from curate.steps import StepRunner
 from curate.synth import FaultRates, make_pool
-from curate.synth.gbc_truth import score_graph, summarise
+from curate.synth.gbc_truth import image_answer, score_graph, summarise
 from curate.synth.scoring import pool_metas
 from schemas.gbc import Graph
 from schemas.gbc_validate import validate
 from schemas.tables import STATUS_FAILED_CAPTION
 
-# Bars on the unseen seed below (measured today: see test_the_recipe_writes_valid_graphs_that_match_the_truth).
-ENTITY_PRECISION = 0.6
-ENTITY_RECALL = 0.4
-RELATION_PRECISION = 0.6
-COMPOSITION_PRECISION = 0.5
+# Bars on this unseen seed's kept rows, below what was measured (2026-12-01: entities P 0.939 R 0.585,
+# compositions P 0.900 R 0.643; relations 2 of 2 right but recall 0.056: the tiny model's image query
+# rarely names two distinct phrases, see its card), with room for another CPU's float rounding.
+ENTITY_PRECISION = 0.8
+ENTITY_RECALL = 0.45
+COMPOSITION_PRECISION = 0.75
+COMPOSITION_RECALL = 0.5
+# With the image query answered from the ground truth (the rest as built), 24 images: measured relations
+# P 0.818 R 0.474, entities P 1.000 R 0.943, compositions P 0.923 R 0.923.
+ORACLE_RELATION_PRECISION = 0.6
+ORACLE_RELATION_RECALL = 0.3
+ORACLE_ENTITY_RECALL = 0.8
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +96,8 @@ def test_the_recipe_writes_valid_graphs_that_match_the_truth(recaptioned, pool):
     scores = summarise(counts)
     print(json.dumps(scores))
     assert scores["entity_precision"] >= ENTITY_PRECISION and scores["entity_recall"] >= ENTITY_RECALL
-    assert scores["relation_precision"] >= RELATION_PRECISION
     assert scores["groups"] > 0 and scores["composition_precision"] >= COMPOSITION_PRECISION
+    assert scores["composition_recall"] >= COMPOSITION_RECALL
     # failed graphs keep their reason; a graph that failed the validator is never written
     for r in rows.filter(pc.equal(rows["status"], STATUS_FAILED_CAPTION)).to_pylist():
         assert r["error_message"] and r["output_key"] is None
@@ -108,6 +115,55 @@ def test_graphs_query_with_duckdb(recaptioned):
         check=True,
     )
     assert "true" in out.stdout.lower(), out.stdout
+
+
+class TruthForImageQueries:
+    """The real backend, except that an image query is answered from the ground truth of its image
+    (found by its pixels): what the graphs get when the first query is right."""
+
+    def __init__(self, backend, answers: dict[bytes, str]):
+        self.backend, self.answers = backend, answers
+        self.model_name, self.revision = backend.model_name, backend.revision
+
+    def generate(self, requests):
+        from captioners.backends import Completion
+
+        answers = self.backend.generate(requests)
+        for k, r in enumerate(requests):
+            text = r.messages[0]["content"][1]["text"]
+            if text.startswith("Describe this image"):
+                truth = self.answers[hashlib.sha1(r.images[0].tobytes()).digest()]
+                answers[k] = Completion(truth, "stop", answers[k].prompt_tokens, len(truth.split()))
+        return answers
+
+
+def test_with_a_right_image_query_relations_match_the_truth(pool):
+    from captioners.gbc import GbcCaptioner, GbcParams
+
+    metas = pool_metas(pool)
+    table = pa.concat_tables([read_shard(ref) for ref in list_shards(str(pool))])
+    table = table.filter(pc.is_in(table["uid"], pa.array([u for u, m in metas.items() if m["gt"]["fault"] == "none"])))
+    table = table.slice(0, 24)
+    answers = {}
+    for uid, data in zip(table["uid"].to_pylist(), table["image"].to_pylist(), strict=True):
+        image = decode_view(data, 512)
+        answers[hashlib.sha1(image.tobytes()).digest()] = image_answer(metas[uid])
+    params = GbcParams(
+        backend={"kind": "transformers", "model": "curate-tiny-llava-gbc", "device": "cpu"},
+        detector={"device": "cpu"},
+        selection={"min_score": 0.1, "min_area_px": 300},
+        hints=["alt_text"],
+    )
+    step = GbcCaptioner(params)
+    step.backend = TruthForImageQueries(step.backend, answers)
+    out = step(table).to_pylist()
+    counts = [score_graph(json.loads(r["gbc_graph"]), metas[r["uid"]]) for r in out if r["gbc_graph"]]
+    scores = summarise(counts)
+    print(json.dumps(scores))
+    assert len(counts) == 24 and scores["pairs"] > 10
+    assert scores["relation_precision"] >= ORACLE_RELATION_PRECISION
+    assert scores["relation_recall"] >= ORACLE_RELATION_RECALL
+    assert scores["entity_recall"] >= ORACLE_ENTITY_RECALL
 
 
 # -- a model that answers badly -----------------------------------------------------------------------
@@ -131,28 +187,50 @@ def _openai(url: str) -> dict:
     }
 
 
-def _bad_model(prompt: str, ask) -> str:
-    """Garbage for a third of the images; brackets cut in the others' concise captions; entities
-    alternately not there and with a part no caption names; relations and compositions off the form."""
-    if prompt.startswith("Describe this image"):
-        answer = ask()
-        if int(hashlib.sha1(answer.encode()).hexdigest(), 16) % 3 == 0:
-            return "<unk> ]] [[ lorem ipsum"
-        return answer[: answer.rindex("]")] if "]" in answer else answer  # "...[sky][single": unbalanced
-    if prompt.startswith("Look at the"):
-        answer = ask()
-        if int(hashlib.sha1(prompt.encode()).hexdigest(), 16) % 2:
-            return "Object Present: No"
-        return answer.replace("Prominent Features: No", "Prominent Features: Yes\n- spoiler: [single]")
-    if prompt.startswith("Name at most"):
-        return "I cannot tell how they relate."
-    return "The shapes are arranged nicely."
+def image_key(image) -> str:
+    """The key ``rewriting_proxy`` gives a request showing ``image`` (the openai backend's data URL)."""
+    from captioners.backends.openai_backend import to_openai_messages
+
+    message = to_openai_messages([{"role": "user", "content": [{"type": "image", "image": image}]}])[0]
+    return hashlib.sha1(message["content"][0]["image_url"]["url"].encode()).hexdigest()
+
+
+class BadModel:
+    """Image queries answered from the truth (so that elements are found and relations asked), but
+    garbage for a third of the images and the last bracket cut in the others; entities alternately not
+    there and with a part no caption names; relations and compositions off the form."""
+
+    def __init__(self, truths: dict[str, str]):
+        self.truths = truths
+
+    def __call__(self, prompt: str, key: str, ask) -> str:
+        if prompt.startswith("Describe this image"):
+            answer = self.truths[key]
+            if int(hashlib.sha1(answer.encode()).hexdigest(), 16) % 3 == 0:
+                return "<unk> ]] [[ lorem ipsum"
+            return answer[: answer.rindex("]")]  # "...[sky][single": unbalanced
+        if prompt.startswith("Look at the"):
+            answer = ask()
+            if int(hashlib.sha1(prompt.encode()).hexdigest(), 16) % 2:
+                return "Object Present: No"
+            return answer.replace("Prominent Features: No", "Prominent Features: Yes\n- spoiler: [single]")
+        if prompt.startswith("Name at most"):
+            return "I cannot tell how they relate."
+        return "The shapes are arranged nicely."
 
 
 def test_malformed_answers_give_smaller_valid_graphs_and_reasons(gbc_server, pool):
+    from curate.synth.gbc_truth import image_answer
+
+    metas = pool_metas(pool)
     table = pa.concat_tables([read_shard(ref) for ref in list_shards(str(pool))])
-    table = table.filter(pc.equal(table["status"], "success")).slice(0, 16)
-    with rewriting_proxy(gbc_server, _bad_model) as url:
+    clean = [u for u, m in metas.items() if m["gt"]["fault"] == "none"]
+    table = table.filter(pc.is_in(table["uid"], pa.array(clean))).slice(0, 16)
+    truths = {}
+    for uid, data in zip(table["uid"].to_pylist(), table["image"].to_pylist(), strict=True):
+        image = decode_view(data, 512)
+        truths[image_key(image)] = image_answer(metas[uid])
+    with rewriting_proxy(gbc_server, BadModel(truths)) as url:
         step = StepRunner(
             "gbc_caption",
             "gbc_caption",
@@ -209,15 +287,12 @@ def _recipe(folder: Path, url: str) -> Path:
         ],
         "output": {"caption_field": "gbc_text"},
     }
-    path = folder / "gbc_resume.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_recipe(folder, recipe)
 
 
 def _calls_stored(run: Path) -> int:
     """MLLM requests of the rows stored when the run died: committed stage outputs and parts."""
-    tables = [pq.read_table(p) for p in run.glob("_cache/stage0-*/0*.parquet")]
-    tables += [pa.ipc.open_file(pa.memory_map(str(p))).read_all() for p in run.glob("_cache/stage0-*/_parts/*/*.arrow")]
+    tables = stored_stage_tables(run)
     return sum(pc.sum(t["gbc_calls"]).as_py() or 0 for t in tables if "gbc_calls" in t.column_names)
 
 
