@@ -252,20 +252,27 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "MODEL_CARD.md").write_text(render_card(args, metrics, timings, history))
 
 
+def _run_line(k: int, h: dict) -> str:
+    """One training run of the card's list."""
+    query = {"Describe this": "image", "Look at": "entity", "Describe the": "composition", "Name at": "relation"}
+    kinds = ", ".join(f"{v} {query.get(n, n)}" for n, v in h["kinds"].items())
+    losses = ", ".join(f"{v:.3f}" for v in h["losses"])
+    experts = "cached from an earlier run" if h["experts"] < 1 else f"{h['experts']:.0f} s"
+    return (
+        f"{k + 1}. `{h['command']}` from {h['base']}: {h['examples']} examples ({kinds}), relation examples "
+        f"per image {h['relation_boost']}, other examples kept {h['other_share']:.0%}; AdamW lr {h['lr']}, "
+        f"{h['epochs']} epochs, mean loss per epoch {losses}; wall time: experts {experts}, encoding "
+        f"{h['encode']:.0f} s, training {h['train']:.0f} s."
+    )
+
+
 def render_card(args: argparse.Namespace, metrics: dict, timings: dict, history: list[dict]) -> str:
     import platform
 
     import transformers
 
     size_mb = sum(f.stat().st_size for f in args.out.glob("*.safetensors")) / 1e6
-    runs = "\n".join(
-        f"{k + 1}. `{h['command']}` from {h['base']}: {h['examples']} examples "
-        f"({', '.join(f'{v} {n.lower()}' for n, v in h['kinds'].items())}), relation examples per image "
-        f"{h['relation_boost']}, other examples kept {h['other_share']:.0%}; AdamW lr {h['lr']}, {h['epochs']} "
-        f"epochs, mean loss per epoch {', '.join(f'{v:.3f}' for v in h['losses'])}; wall time: experts "
-        f"{h['experts']:.0f} s, encoding {h['encode']:.0f} s, training {h['train']:.0f} s."
-        for k, h in enumerate(history)
-    )
+    runs = "\n".join(_run_line(k, h) for k, h in enumerate(history))
 
     def f(key: str) -> str:
         value = metrics.get(key)
