@@ -304,14 +304,15 @@ class GbcCaptioner:
             crops.append(w.image.crop(cut))
             cuts.append(cut)
         # The detector is told each phrase in the singular ("tree" for "trees"), as detectors' class names are.
-        found = self.detector.detect(crops, [[singular(p.text) for p in phrases] for _, _, phrases in jobs])
+        names = [[singular(p.text) for p in phrases] for _, _, phrases in jobs]
+        found = self.detector.detect(crops, names)
         new: list[tuple[int, str, str]] = []
-        for (i, vertex, phrases), cut, (boxes, labels, scores) in zip(jobs, cuts, found, strict=True):
+        for (i, vertex, phrases), asked, cut, (boxes, labels, scores) in zip(jobs, names, cuts, found, strict=True):
             w = works[i]
             width, height = w.image.size
             cw, ch = cut[2] - cut[0], cut[3] - cut[1]
-            for phrase in phrases:
-                mine = [k for k, label in enumerate(labels) if label == singular(phrase.text)]
+            for phrase, name in zip(phrases, asked, strict=True):
+                mine = [k for k, label in enumerate(labels) if label == name]
                 px = [(b[0] * cw, b[1] * ch, b[2] * cw, b[3] * ch) for b in boxes[mine].tolist()]
                 keep = select_boxes(
                     px, scores[mine].tolist(), (cw, ch), phrase.multiple, vertex != "", rule=self.selection
@@ -328,10 +329,10 @@ class GbcCaptioner:
                 conf = [float(scores[mine][k]) for k in keep]
                 if len(glob) == 1:
                     made = w.builder.add_entity(vertex, phrase.text, child_id(vertex, phrase.text), glob[0], conf[0])
-                    new += [(i, made, singular(phrase.text))] if made else []
+                    new += [(i, made, name)] if made else []
                 else:
                     comp, members = w.builder.add_group(vertex, phrase.text, glob, conf)
-                    new += [(i, m, singular(phrase.text)) for m in members]
+                    new += [(i, m, name) for m in members]
                     if comp is not None:
                         w.settle.append(comp)
             if vertex != "":

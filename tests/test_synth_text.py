@@ -123,3 +123,43 @@ def test_cli_text_rate(tmp_path, capsys):
     assert "'texts': " in capsys.readouterr().out
     assert load_ground_truth(str(out))["text_word"].null_count < 12
     assert cli_main([*args, "--text-rate", "2"]) == 2
+
+
+# -- repeat_rate: several shapes of one colour and kind (GBC compositions) ------------------------------
+
+
+def test_repeat_rate_zero_is_the_default_pool(pools, tmp_path):
+    plain, _, _ = pools
+    again = str(tmp_path / "zero")
+    summary = make_pool(again, samples=80, shard_size=40, seed=3, faults=RATES, repeat_rate=0.0)
+    assert "repeat_rate" not in summary
+    for name in sorted(os.listdir(plain)):
+        with open(os.path.join(plain, name), "rb") as a, open(os.path.join(again, name), "rb") as b:
+            assert a.read() == b.read(), name
+
+
+def test_repeats_copy_the_first_shape_and_the_captions_follow(tmp_path):
+    out = str(tmp_path / "rep")
+    summary = make_pool(out, samples=80, shard_size=80, seed=3, faults=FaultRates.none(), repeat_rate=1.0)
+    assert summary["repeat_rate"] == 1.0
+    several = 0
+    for name, data in _members(out).items():
+        if not name.endswith(".json"):
+            continue
+        gt = json.loads(data)["gt"]
+        phrases = {(s["color"], s["label"]) for s in gt["shapes"]}
+        assert len(phrases) == 1  # at rate 1 every shape is the first one's colour and kind
+        several += len(gt["shapes"]) > 1
+        color, label = phrases.pop()
+        assert color in gt["true_caption"] and label in gt["true_caption"]
+    assert several > 30
+
+
+def test_repeat_rate_is_validated_and_on_the_cli(tmp_path, capsys):
+    for bad in (-0.1, 1.5, True):
+        with pytest.raises(ValueError, match="repeat_rate"):
+            make_pool(str(tmp_path / "bad"), samples=2, shard_size=2, repeat_rate=bad)
+    args = ["make-pool", "--output", str(tmp_path / "cli"), "--samples", "8", "--shard-size", "8"]
+    assert cli_main([*args, "--repeat-rate", "0.5"]) == 0
+    assert "'repeat_rate': 0.5" in capsys.readouterr().out
+    assert cli_main([*args, "--repeat-rate", "2"]) == 2

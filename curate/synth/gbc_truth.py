@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 
 from captioners.gbc_geometry import BoxT, iou, union_box
+from captioners.gbc_graph import singular
 from curate.synth.describe import _ordered, dense_description
 
 COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
@@ -130,17 +131,13 @@ _RELATION = re.compile(
 )
 
 
-def _singular(text: str) -> str:
-    return text[:-1] if text.endswith("s") else text
-
-
 def read_relation(sentence: str) -> tuple[str, tuple[str, ...], str] | None:
     """(subject phrase, relation parts, object phrase) of "The red circle is to the left of the blue
     squares.", phrases singular; None if the sentence is not of that form."""
     match = _RELATION.search(sentence.strip().lower())
     if not match:
         return None
-    return _singular(match.group(1)), _DIRECTION_PARTS[match.group(2)], _singular(match.group(3))
+    return singular(match.group(1)), _DIRECTION_PARTS[match.group(2)], singular(match.group(3))
 
 
 def _box(v: dict, width: int, height: int) -> BoxT:
@@ -218,7 +215,7 @@ def score_graph(graph: dict, meta: dict) -> dict[str, int]:
     found_groups: set[str] = set()
     for v in (v for v in vertices if v["label"] == "composition"):
         out["compositions"] += 1
-        phrase = _singular(v["vertex_id"].rsplit("_", 1)[-1]).lower()
+        phrase = singular(v["vertex_id"].rsplit("_", 1)[-1]).lower()
         if true_groups.get(phrase) == len(v["out_edges"]):
             out["compositions_correct"] += 1
             found_groups.add(phrase)
