@@ -12,6 +12,8 @@ from pathlib import Path
 
 import duckdb
 
+CATALOG_STORAGE_VERSION = "v1.0.0"
+
 VIEWS = {
     # One row per input sample, failures and drops included (the Parquet sidecars).
     "samples": "SELECT * FROM read_parquet('{root}/shards/*.parquet', union_by_name = true)",
@@ -40,7 +42,9 @@ def build_catalog(run_root: str | os.PathLike) -> Path:
     target = root / "catalog.duckdb"
     tmp = root / ".catalog.duckdb.tmp"
     tmp.unlink(missing_ok=True)
-    con = duckdb.connect(str(tmp))
+    # Readable by the DuckDB CLI on PyPI (duckdb-cli 1.5.x), which cannot open duckdb 2.0's default
+    # storage format; views over Parquet need nothing newer.
+    con = duckdb.connect(str(tmp), config={"storage_compatibility_version": CATALOG_STORAGE_VERSION})
     try:
         for name, sql in VIEWS.items():
             if name in OPTIONAL_VIEWS and not any(root.glob(OPTIONAL_VIEWS[name])):

@@ -1,5 +1,5 @@
-"""The ``curate`` command line: make-pool, run, query, catalog, demo, validate, list-steps,
-subset, export-npz, mode-weights."""
+"""The ``curate`` command line: make-pool, run, query, catalog, report, status, inspect, demo,
+validate, plan, list-steps, subset, export-npz, mode-weights."""
 
 from __future__ import annotations
 
@@ -160,6 +160,48 @@ def _cmd_export_npz(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from curate.reporting import write_report
+
+    result = write_report(args.run, args.output)
+    console.print(
+        f"wrote {result.path} ({result.bytes / 1e6:.2f} MB, sections: {', '.join(result.sections)}) "
+        f"in {result.seconds:.1f}s",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from curate.run_status import describe, run_status, status_json
+
+    status = run_status(args.run)
+    if args.format == "json":
+        print(status_json(status))
+    else:
+        for line in describe(status):
+            console.print(line, highlight=False, soft_wrap=True, markup=False)
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from curate.inspect_sample import describe, inspect_sample, save_image
+
+    report = inspect_sample(args.run, args.uid)
+    if args.format == "json":
+        print(json.dumps(report.to_json(), indent=2, default=str))
+    else:
+        for line in describe(report):
+            console.print(line, highlight=False, soft_wrap=True, markup=False)
+    if args.save_image:
+        n = save_image(args.run, args.uid, args.save_image)
+        console.print(f"wrote its image ({n} bytes, as stored in the input) to {args.save_image}", highlight=False)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from curate.demo import run_demo
 
@@ -221,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS, else local Ray)")
     p.add_argument("--overwrite", action="store_true", help="replace a run folder holding another recipe's run")
-    p.add_argument("--no-progress", action="store_true", help="hide Ray Data progress bars")
+    p.add_argument("--no-progress", action="store_true", help="hide the per-stage progress lines")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("validate", help="validate a recipe without running it")
@@ -279,6 +321,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.add_argument("--output", help="also write the weights as JSON to this file")
     p.set_defaults(func=_cmd_mode_weights)
+
+    p = sub.add_parser("report", help="write a self-contained HTML report of a finished run")
+    p.add_argument("run")
+    p.add_argument("--output", help="the HTML file to write (default RUN/report.html)")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("status", help="where a run stands: stages and shards done, what a re-run redoes, failures")
+    p.add_argument("run")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("inspect", help="everything about one sample: captions, scores, decisions, clusters, graph")
+    p.add_argument("run")
+    p.add_argument("uid")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--save-image", metavar="FILE", help="also write the sample's image (as stored in the input)")
+    p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("demo", help="make a synthetic pool and run the demo recipe on it")
     p.add_argument("--output", default="demo")

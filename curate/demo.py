@@ -10,6 +10,7 @@ from rich.console import Console
 
 from curate.config import load_recipe
 from curate.report import print_summary
+from curate.reporting import write_report
 from curate.runner import run_recipe
 
 
@@ -30,6 +31,10 @@ def run_demo(
     recipe = load_recipe("demo", input_path=f"{pool}/{{{0:08d}..{last:08d}}}.tar", output_path=str(run))
     result = run_recipe(recipe, overwrite=overwrite)
     print_summary(console, result)
+    report = write_report(run)
+    console.print(
+        f"  report:  {report.path}  (open it in a browser; it works offline)", highlight=False, soft_wrap=True
+    )
     console.print(
         "\nnext:\n"
         f'  curate query {run} "select step, drop_reason, count(*) from decisions group by all order by all"\n'

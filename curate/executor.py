@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 from curate.crashpoints import CrashPlan, crash_point
 from curate.parts import assemble_shard, part_folder, remove_parts, write_parts
 from curate.plan import Plan, Stage
+from curate.progress import StageProgress
 from curate.readers.base import ShardRef, fetch_images, read_shard
 from curate.shard_work import ShardWork
 from curate.sink import SinkContext, write_final_shard
@@ -181,7 +182,7 @@ def build_dataset(plan: Plan, stage: Stage, job: StageJob, works: list[ShardWork
     import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
-    ray.data.DataContext.get_current().enable_progress_bars = plan.recipe.ray.progress_bars
+    quiet_ray_data()
     items = [
         {
             "index": w.ref.index,
@@ -224,12 +225,37 @@ def build_dataset(plan: Plan, stage: Stage, job: StageJob, works: list[ShardWork
     )
 
 
+def quiet_ray_data() -> None:
+    """Ray Data's bars and its non-terminal ``logging_progress`` lines (every operator's counters,
+    repeated every few seconds) give way to curate's own progress (``curate.progress``)."""
+    import ray
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    # Its one warning is that its bars are off, which is what we want.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        # `curate -v` keeps Ray Data's plan lines and its issue detectors, whose advice (every 30 s, ten
+        # lines each) names Ray calls a recipe does not make; a recipe sets resources instead.
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        context.issue_detectors_config.detectors = []
+
+
+def stage_label(stage: Stage) -> str:
+    names = ", ".join(op.describe().split(" [")[0] for op in stage.operations) or "read"
+    return f"stage {stage.index} [{names}]"
+
+
 def run_stage(plan: Plan, stage: Stage, job: StageJob, works: list[ShardWork], states: dict) -> None:
     """Every shard of ``works`` ends with this stage's output written (and its final shard, if last)."""
-    if stage.runs_per_shard:
-        _run_stage_as_tasks(stage, job, works, states)
-    else:
-        _run_stage_as_dataset(plan, stage, job, works, states)
+    progress = StageProgress(stage_label(stage), len(works), enabled=plan.recipe.ray.progress_bars)
+    try:
+        if stage.runs_per_shard:
+            _run_stage_as_tasks(stage, job, works, states, progress)
+        else:
+            _run_stage_as_dataset(plan, stage, job, works, states, progress)
+    finally:
+        progress.close()
     store = _store(job.store)
     unfinished = []
     for work in works:
@@ -242,24 +268,43 @@ def run_stage(plan: Plan, stage: Stage, job: StageJob, works: list[ShardWork], s
     shutil.rmtree(store.parts_root, ignore_errors=True)
 
 
-def _log_done(results: list[dict | None]) -> None:
-    for counters in results:
+def _count_finished(running: list, progress: StageProgress | None, *, wait: bool) -> list:
+    """Count the shard tasks that have ended (all of them with ``wait``); return those still running.
+    A task's error is raised here."""
+    import ray
+
+    while running:
+        ready, running = ray.wait(running, num_returns=1, timeout=None if wait else 0)
+        if not ready:
+            break
+        counters = ray.get(ready[0])
+        if progress is not None:
+            progress.shard_done()
         if counters is not None:
             logger.info(
                 "shard %s done: %d of %d rows written", counters["shard"], counters["written"], counters["rows"]
             )
+    return running
 
 
-def _run_stage_as_tasks(stage: Stage, job: StageJob, works: list[ShardWork], states: dict) -> None:
+def _await_shards(running: list, progress: StageProgress | None) -> None:
+    _count_finished(running, progress, wait=True)
+
+
+def _run_stage_as_tasks(
+    stage: Stage, job: StageJob, works: list[ShardWork], states: dict, progress: StageProgress
+) -> None:
     import ray
 
     cpus = max([op.spec.resources.num_cpus for op in stage.operations] or [WRITE_NUM_CPUS])
     task = ray.remote(num_cpus=cpus, max_retries=2)(decide_shard)
     operations = [runner_kwargs(op, states) for op in stage.operations]
-    _log_done(ray.get([task.remote(job, stage.fingerprint, operations, work) for work in works]))
+    _await_shards([task.remote(job, stage.fingerprint, operations, work) for work in works], progress)
 
 
-def _run_stage_as_dataset(plan: Plan, stage: Stage, job: StageJob, works: list[ShardWork], states: dict) -> None:
+def _run_stage_as_dataset(
+    plan: Plan, stage: Stage, job: StageJob, works: list[ShardWork], states: dict, progress: StageProgress
+) -> None:
     import ray
 
     finish = ray.remote(num_cpus=WRITE_NUM_CPUS, max_retries=2)(finish_stage_shard)
@@ -273,11 +318,13 @@ def _run_stage_as_dataset(plan: Plan, stage: Stage, job: StageJob, works: list[S
         for summary in build_dataset(plan, stage, job, to_compute, states).iter_rows():
             index = int(summary["shard_index"])
             arrived[index] += int(summary["rows"])
+            progress.rows_arrived(index, int(summary["rows"]), int(summary["shard_rows"]) - by_index[index].covered)
             parts[index].append(summary["part"])
             crash_point("part_tallied")
             if arrived[index] == int(summary["shard_rows"]):
                 running.append(finish.remote(job, by_index[index], parts.pop(index), arrived[index]))
-    _log_done(ray.get(running))
+            running = _count_finished(running, progress, wait=False)
+    _await_shards(running, progress)
 
 
 def sink_cached(stores: list[StageStore], sink: SinkContext, shards: list[ShardRef], versions: dict[int, str]) -> None:
@@ -286,4 +333,4 @@ def sink_cached(stores: list[StageStore], sink: SinkContext, shards: list[ShardR
 
     task = ray.remote(num_cpus=WRITE_NUM_CPUS, max_retries=2)(sink_cached_shard)
     roots = [str(s.root) for s in stores]
-    ray.get([task.remote(roots, sink, ref, versions[ref.index]) for ref in shards])
+    _await_shards([task.remote(roots, sink, ref, versions[ref.index]) for ref in shards], None)

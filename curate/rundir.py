@@ -8,6 +8,7 @@ Layout of ``run/``::
     _done/NNNNNNNN.json a shard's counters; written last, it is what says the shard is done
     _tmp/               crash-point counters of tests; emptied whenever a run starts
     _cache/             stage outputs, parts in flight and barrier states, by fingerprint (kept by --overwrite)
+    run_state.json      what the last invocation is doing or did: running (stage), finished, failed (error)
     stats.json, shards.parquet, steps.parquet, catalog.duckdb   written when every shard is done
 """
 
@@ -18,6 +19,9 @@ import fcntl
 import json
 import os
 import shutil
+import socket
+import time
+import traceback
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,6 +75,43 @@ class RunDir:
             yield
         finally:
             os.close(fd)
+
+    def lock_holder(self) -> str | None:
+        """The pid of the curate process that holds the run folder now, or None when none does."""
+        path = self.root / ".lock"
+        if not path.exists():
+            return None
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    @property
+    def state_path(self) -> Path:
+        return self.root / "run_state.json"
+
+    def read_state(self) -> dict:
+        try:
+            return json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return {}
+
+    def write_state(self, state: str, **fields) -> None:
+        """Record what this invocation is doing (``curate status`` reads it); ``running`` left behind
+        by a process that no longer holds the lock means the run was interrupted."""
+        entry = {**self.read_state(), "state": state, "pid": os.getpid(), "host": socket.gethostname()}
+        entry.update(fields, updated=time.time())
+        atomic_write_text(self.state_path, json.dumps(entry, indent=2))
+
+    def record_error(self, exc: BaseException) -> None:
+        lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        self.write_state("failed", error=f"{type(exc).__name__}: {exc}", traceback="".join(lines)[-4000:])
 
     def prepare(self, recipe: Recipe, fingerprint: str, *, overwrite: bool) -> bool:
         """Create or reopen the run folder; returns True when resuming an earlier run."""

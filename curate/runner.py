@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from curate.barrier import compute_state, publish_artifacts
 from curate.catalog import build_catalog
 from curate.crashpoints import CrashPlan, crash_point
-from curate.executor import WRITE_NUM_CPUS, StageJob, run_stage, sink_cached
+from curate.executor import WRITE_NUM_CPUS, StageJob, run_stage, sink_cached, stage_label
 from curate.plan import Plan, Stage, compile_plan
 from curate.readers.base import ShardRef, list_shards, preflight
 from curate.registry import get_layout
@@ -170,6 +170,7 @@ def _run_stages(plan: Plan, run: RunDir, shards: list[ShardRef], crash: CrashPla
     report = []
     for stage in plan.stages:
         started = time.perf_counter()
+        run.write_state("running", stage=stage.index, stage_label=stage_label(stage))
         store = StageStore(run.cache, stage.cache_name)
         store.prepare(_describe(stage))
         works = []
@@ -178,11 +179,9 @@ def _run_stages(plan: Plan, run: RunDir, shards: list[ShardRef], crash: CrashPla
             if work is not None:
                 works.append(work)
         retried = sum(len(w.redo) for w in works if w.redo is not None)
-        names = ", ".join(op.describe().split(" [")[0] for op in stage.operations) or "read"
         logger.info(
-            "stage %d [%s]: %d of %d shards reused from %s, %d to compute (%d rows to retry)",
-            stage.index,
-            names,
+            "%s: %d of %d shards reused from %s, %d to compute (%d rows to retry)",
+            stage_label(stage),
             len(shards) - len(works),
             len(shards),
             store.root.name,
@@ -304,14 +303,20 @@ def run_recipe(recipe: Recipe, *, overwrite: bool = False) -> RunResult:
         if resumed:
             logger.info("resuming: %d of %d shards already done", done_before, len(shards))
         stages: list[dict] = []
-        if done_before < len(shards) or run.has_retryable_rows():
-            ensure_ray(recipe)
-            import ray
+        run.write_state("running", started=time.time(), stage=None, error=None, traceback=None)
+        try:
+            if done_before < len(shards) or run.has_retryable_rows():
+                ensure_ray(recipe)
+                import ray
 
-            check_resources(plan, ray.cluster_resources())
-            stages = _run_stages(plan, run, shards, CrashPlan.from_env(run.tmp / "crash"))
-        # What this invocation computed and reused (stats.json holds only what the output is).
-        atomic_write_text(run.root / "stages.json", json.dumps(stages, indent=2))
-        crash_point("before_run_summary")
-        stats = _write_summary(plan, run, stages)
+                check_resources(plan, ray.cluster_resources())
+                stages = _run_stages(plan, run, shards, CrashPlan.from_env(run.tmp / "crash"))
+            # What this invocation computed and reused (stats.json holds only what the output is).
+            atomic_write_text(run.root / "stages.json", json.dumps(stages, indent=2))
+            crash_point("before_run_summary")
+            stats = _write_summary(plan, run, stages)
+        except Exception as exc:
+            run.record_error(exc)
+            raise
+        run.write_state("finished", stage=None)
     return RunResult(run, stats, resumed, done_before, time.perf_counter() - start, stages)

@@ -18,8 +18,10 @@ def start_cli(
     ray_address: str,
     overrides: list[str] | None = None,
     crash_at: str | None = None,
+    progress: bool = False,
 ) -> subprocess.Popen:
-    """``curate run`` joining the tests' Ray cluster, optionally set to SIGKILL itself at a crash point."""
+    """``curate run`` joining the tests' Ray cluster, optionally set to SIGKILL itself at a crash point
+    (and with its progress lines, if ``progress``)."""
     env = {k: v for k, v in os.environ.items() if k != "CURATE_CRASH_AT"}
     if crash_at:
         env["CURATE_CRASH_AT"] = crash_at
@@ -35,8 +37,9 @@ def start_cli(
         str(out),
         "--ray-address",
         ray_address,
-        "--no-progress",
     ]
+    if not progress:
+        cmd.append("--no-progress")
     for item in overrides or []:
         cmd += ["--set", item]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -137,6 +137,23 @@ class TruthForImageQueries:
         return answers
 
 
+def test_the_report_shows_new_captions_beside_the_old_and_graphs_over_images(recaptioned):
+    from report_browser import check_report
+
+    shown = check_report(
+        recaptioned,
+        "report-gbc.png",
+        sections={"funnel", "scores", "captions", "gbc", "galleries"},
+        figures={"fig-caption-lengths", "fig-gbc-caption-labels", "fig-clip-score"},
+        galleries={"gallery-captions-gbc-caption", "gallery-gbc-caption", "gallery-kept"},
+    )
+    assert shown["galleries"]["gallery-gbc-caption"] == 4  # four graphs drawn over their images
+    html = (recaptioned / "report.html").read_text()
+    rows = _sidecars(recaptioned).filter(pc.is_valid(_sidecars(recaptioned)["gbc_text"]))
+    first = sorted(rows["uid"].to_pylist())[0]  # the side-by-side gallery starts at the lowest uid
+    assert f'data-uid="{first}"' in html
+
+
 def test_with_a_right_image_query_relations_match_the_truth(pool):
     from captioners.gbc import GbcCaptioner, GbcParams
 

@@ -229,3 +229,17 @@ def test_mode_weights_command(mode_run, encoder, tmp_path):
     assert got[settled].argmax(axis=1).tolist() == own_expert[settled].tolist()
     bad = subprocess.run([*cmd[:-2], "--classes", " , "], capture_output=True, text=True)
     assert bad.returncode == 2 and "--classes" in bad.stderr
+
+
+def test_the_report_shows_the_fine_clusters_and_the_experts(mode_run):
+    from report_browser import check_report
+
+    check_report(
+        mode_run.run_dir.root,
+        "report-mode.png",
+        sections={"funnel", "clusters", "galleries"},
+        figures={"fig-mode-fine", "fig-mode-experts"},
+        galleries={"gallery-kept"},
+    )
+    html = (mode_run.run_dir.root / "report.html").read_text()
+    assert "mode: balance" in html and "capacity" in html

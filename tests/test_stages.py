@@ -250,3 +250,25 @@ def test_a_pool_rewritten_in_place_is_not_taken_from_the_cache(ray_session, smal
     with connect(second.run_dir.root) as con:
         uids = {u for (u,) in con.execute("SELECT uid FROM samples").fetchall()}
     assert len(uids) == len(before) == 300 and not uids & before
+
+
+def test_the_report_shows_the_semdedup_removals_and_the_length_buckets(full_run):
+    from report_browser import check_report
+
+    shown = check_report(
+        full_run.run_dir.root,
+        "report-curate-full.png",
+        sections={"funnel", "scores", "clusters", "buckets", "galleries"},
+        figures={"fig-clip-score", "fig-semdedup-eps", "fig-semdedup-clusters", "fig-bucket-chunks"}
+        | {"fig-bucket-tokens"},
+        galleries={"gallery-kept", "gallery-semdedup-near-duplicate"}
+        | {"gallery-clip-fraction-clip-score-below-fraction"},
+    )
+    assert shown["load_ms"] < 5000
+    html = (full_run.run_dir.root / "report.html").read_text()
+    with connect(full_run.run_dir.root) as con:
+        per_bucket = con.execute(
+            "SELECT c.k, count(*) FROM (SELECT unnest(chunks) AS c FROM samples WHERE keep) GROUP BY ALL ORDER BY 1"
+        ).fetchall()
+    for k, n in per_bucket:  # the bucket table holds the catalog's own counts
+        assert f"<td>2^{k} ({2**k})</td><td>{n:,}</td>" in html
