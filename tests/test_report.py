@@ -64,3 +64,22 @@ def test_the_demo_ends_by_writing_the_report_and_printing_its_path(ray_session, 
     assert f"report:  {report}" in out.getvalue()
     html = report.read_text()
     assert 'id="fig-clip-score"' in html and 'id="gallery-kept"' in html
+
+
+def test_the_duckdb_cli_of_the_setup_reads_the_catalog(basic_run):
+    """The README's `duckdb run/catalog.duckdb "..."` line: PyPI's duckdb-cli (1.5) opens the catalog
+    that the duckdb 2.0 Python package wrote."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cli = Path(sys.executable).with_name("duckdb")
+    catalog = basic_run.run_dir.root / "catalog.duckdb"
+    done = subprocess.run(
+        [str(cli), "-csv", "-noheader", str(catalog), "select count(*) from kept"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.strip()) == basic_run.stats["written"]

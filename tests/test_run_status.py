@@ -9,11 +9,13 @@ import os
 import subprocess
 import sys
 
+from conftest import pool_pattern
 from report_browser import check_report
 from run_helpers import run_cli
 
 from curate.run_status import describe, run_status
 from curate.rundir import RunDir
+from curate.synth import FaultRates, make_pool
 
 
 def _status_cli(run, fmt: str = "text") -> subprocess.CompletedProcess:
@@ -21,10 +23,12 @@ def _status_cli(run, fmt: str = "text") -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
-def test_status_of_a_killed_run_names_what_the_rerun_redoes(ray_session, small_pool_pattern, tmp_path):
-    out = tmp_path / "run"
+def test_status_of_a_killed_run_names_what_the_rerun_redoes(ray_session, tmp_path):
+    # 4 shards of 60; t=8 so that balancing sub-samples the frequent entries of so small a pool.
+    make_pool(str(tmp_path / "pool"), samples=240, shard_size=60, seed=5, faults=FaultRates(corrupt_image=0.05))
+    pattern, out, t = pool_pattern(tmp_path / "pool"), tmp_path / "run", ["steps.metaclip.params.t=8"]
     # Killed after the metaclip barrier's state was saved: stage 0 is done, stage 1 has not started.
-    killed = run_cli("metaclip", small_pool_pattern, out, ray_session, crash_at="barrier_saved")
+    killed = run_cli("metaclip", pattern, out, ray_session, t, crash_at="barrier_saved")
     assert killed.returncode == -9, killed.stdout[-2000:]
 
     shown = _status_cli(out, "json")
@@ -42,7 +46,7 @@ def test_status_of_a_killed_run_names_what_the_rerun_redoes(ray_session, small_p
     assert "and write final shards 0-3" in text
 
     # The re-run computes exactly that, and says so in plain progress lines (its stdout is a pipe).
-    again = run_cli("metaclip", small_pool_pattern, out, ray_session, progress=True)
+    again = run_cli("metaclip", pattern, out, ray_session, t, progress=True)
     assert again.returncode == 0, again.stdout[-3000:]
     computed = [s["computed"] for s in json.loads((out / "stages.json").read_text())]
     assert computed == [len(first["to_compute"]), len(second["to_compute"])] == [0, 4]
