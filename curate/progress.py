@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 DEFAULT_INTERVAL_S = 10.0
@@ -107,7 +108,8 @@ class StageProgress:
                 transient=False,
             )
             self._bar.start()
-            self._task = self._bar.add_task(label, total=None, shards=f"0/{shards_total}", rate="")
+            # A label holds brackets ("stage 0 [basic]"), which rich would take for markup.
+            self._task = self._bar.add_task(escape(label), total=None, shards=f"0/{shards_total}", rate="")
 
     def rows_arrived(self, shard_index: int, rows: int, shard_rows: int) -> None:
         self.counts.rows_done += rows

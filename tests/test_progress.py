@@ -55,3 +55,20 @@ def test_disabled_progress_prints_nothing():
     progress.shard_done()
     progress.close()
     assert stream.getvalue() == ""
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_one_live_line_per_stage_is_drawn():
+    stream, clock = Terminal(), Clock()
+    progress = StageProgress("stage 2 [clip_fraction.decide]", 2, stream=stream, clock=clock)
+    clock.now = 4.0
+    progress.rows_arrived(0, 100, 100)
+    progress.shard_done()
+    progress.close()
+    drawn = stream.getvalue()
+    assert "stage 2 [clip_fraction.decide]" in drawn and "1/2 shards" in drawn and "rows/s" in drawn
+    assert "\x1b[" in drawn  # drawn with terminal control codes, not printed as plain lines

@@ -33,7 +33,10 @@ class RunFacts:
     def __init__(self, root: str | Path):
         self.run = RunDir(root)
         if not self.run.stats.exists():
-            raise FileNotFoundError(f"{self.run.stats} does not exist: is {root} a finished curate run?")
+            raise FileNotFoundError(
+                f"{self.run.stats} does not exist: is {root} a finished curate run? (`curate status {root}` says "
+                "where it stands)"
+            )
         self.stats = json.loads(self.run.stats.read_text())
         self.recipe = yaml.safe_load((self.run.root / "recipe.yaml").read_text())
         states = self.run.root / "global_state.json"

@@ -36,7 +36,7 @@ def png_bytes(fig, dpi: int = 80) -> bytes:
 
 
 def histogram(
-    values: np.ndarray,
+    values: np.ndarray | None,
     *,
     xlabel: str,
     thresholds: list[tuple[float, str]] = (),
