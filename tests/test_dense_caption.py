@@ -333,6 +333,19 @@ def test_dense_caption_recipe_captions_only_the_kept_rows(ray_session, tmp_path)
     meta = json.loads(sample["json"])
     assert sample["txt"].decode() == meta["dense_caption"] and meta["dense_description"]
     assert meta["caption"] and meta["dense_hints"] and meta["dense_prompt_version"].startswith("dense_caption@")
+    # The report puts each new caption beside the original, with the hints the model was given.
+    from report_browser import check_report
+
+    shown = check_report(
+        run.run_dir.root,
+        "report-dense-caption.png",
+        sections={"funnel", "scores", "captions", "galleries"},
+        figures={"fig-caption-lengths", "fig-clip-score"},
+        galleries={"gallery-captions-dense-caption", "gallery-kept"},
+    )
+    assert shown["galleries"]["gallery-captions-dense-caption"] == 6
+    html = (run.run_dir.root / "report.html").read_text()
+    assert html.count("<b>hints</b>") == 6 and html.count("<b>dense_caption</b>") == 6
 
 
 def test_vllm_requests_are_built_without_vllm():

@@ -28,8 +28,12 @@ def test_status_of_a_killed_run_names_what_the_rerun_redoes(ray_session, tmp_pat
     make_pool(str(tmp_path / "pool"), samples=240, shard_size=60, seed=5, faults=FaultRates(corrupt_image=0.05))
     pattern, out, t = pool_pattern(tmp_path / "pool"), tmp_path / "run", ["steps.metaclip.params.t=8"]
     # Killed after the metaclip barrier's state was saved: stage 0 is done, stage 1 has not started.
-    killed = run_cli("metaclip", pattern, out, ray_session, t, crash_at="barrier_saved")
+    killed = run_cli("metaclip", pattern, out, ray_session, t, crash_at="barrier_saved", progress=True)
     assert killed.returncode == -9, killed.stdout[-2000:]
+    # Its stdout is a pipe: stage 0 (a Ray Data pass) printed plain progress lines, not Ray Data's own.
+    lines = [line for line in killed.stdout.splitlines() if line.startswith("stage 0 [image_check, basic, metaclip")]
+    assert lines and "240/240 rows, 4/4 shards" in lines[-1] and "done in" in lines[-1], killed.stdout[-3000:]
+    assert "logging_progress" not in killed.stdout and "Running Dataset" not in killed.stdout
 
     shown = _status_cli(out, "json")
     assert shown.returncode == 0, shown.stderr
@@ -45,14 +49,13 @@ def test_status_of_a_killed_run_names_what_the_rerun_redoes(ray_session, tmp_pat
     assert "a re-run of the same command will compute stage 1: shards 0-3" in text
     assert "and write final shards 0-3" in text
 
-    # The re-run computes exactly that, and says so in plain progress lines (its stdout is a pipe).
+    # The re-run computes exactly that, and says so in plain progress lines (a stage of shard tasks).
     again = run_cli("metaclip", pattern, out, ray_session, t, progress=True)
     assert again.returncode == 0, again.stdout[-3000:]
     computed = [s["computed"] for s in json.loads((out / "stages.json").read_text())]
     assert computed == [len(first["to_compute"]), len(second["to_compute"])] == [0, 4]
     progress = [line for line in again.stdout.splitlines() if line.startswith("stage 1 [metaclip.decide]")]
     assert progress and "4/4 shards" in progress[-1] and "done in" in progress[-1], again.stdout[-3000:]
-    assert "logging_progress" not in again.stdout and "Running Dataset" not in again.stdout
 
     # Its report shows the MetaCLIP balancing (entry counts before and after), in a real browser.
     check_report(

@@ -272,3 +272,6 @@ def test_the_report_shows_the_semdedup_removals_and_the_length_buckets(full_run)
         ).fetchall()
     for k, n in per_bucket:  # the bucket table holds the catalog's own counts
         assert f"<td>2^{k} ({2**k})</td><td>{n:,}</td>" in html
+    # The CLIP histogram draws the pool-wide threshold the barrier computed, labelled with its value.
+    threshold = json.loads((full_run.run_dir.root / "global_state.json").read_text())["clip_fraction"]["threshold"]
+    assert f"clip_fraction: top 90% ({threshold:.3f})" in html
