@@ -39,14 +39,20 @@ def ensure_pool(root: Path, samples: int, shard_size: int) -> str:
     return f"{pool}/{{{0:08d}..{last:08d}}}.tar"
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--samples", type=int, nargs="+", default=[10_000, 100_000])
+def pool_bench_args(doc: str, samples: list[int]) -> tuple[argparse.Namespace, Path]:
+    """The arguments of a benchmark over synthetic pools of several sizes, and its work folder."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, nargs="+", default=samples)
     ap.add_argument("--shard-size", type=int, default=1000)
     ap.add_argument("--workdir", default=str(BENCH / "out"))
     args = ap.parse_args()
     root = Path(args.workdir)
     root.mkdir(parents=True, exist_ok=True)
+    return args, root
+
+
+def main() -> int:
+    args, root = pool_bench_args(__doc__, [10_000, 100_000])
     env = BENCH_ENV
     rows = []
     for n in args.samples:

@@ -11,7 +11,6 @@ read are seconds, bytes and load time per size.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -23,18 +22,12 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent / "tests"))  # the browser test's page loader, to time the load the same way
 
 from _measure import BENCH_ENV, curate_run_command, run_measured  # noqa: E402
-from bench_basic import ensure_pool  # noqa: E402
+from bench_basic import ensure_pool, pool_bench_args  # noqa: E402
 from report_browser import open_report  # noqa: E402
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--samples", type=int, nargs="+", default=[4000, 100_000])
-    ap.add_argument("--shard-size", type=int, default=1000)
-    ap.add_argument("--workdir", default=str(BENCH / "out"))
-    args = ap.parse_args()
-    root = Path(args.workdir)
-    root.mkdir(parents=True, exist_ok=True)
+    args, root = pool_bench_args(__doc__, [4000, 100_000])
     rows = []
     for n in args.samples:
         pattern = ensure_pool(root, n, args.shard_size)
