@@ -102,8 +102,17 @@ def test_empty_table_gets_typed_columns(tiny):
 
 
 def test_tag_curate_names_the_committed_weights(shapes):
-    out = StepRunner("clip_embed", "clip_embed", {**TINY, "pretrained": "curate"})(shapes.slice(0, 2))
-    assert out["clip_score"].null_count == 0
+    """``pretrained: curate`` loads the committed file: the same scores as naming the file by path,
+    and not those of random weights."""
+    from curate.models import TINY_CLIP_WEIGHTS
+
+    rows = shapes.slice(0, 2)
+    by_tag = StepRunner("clip_embed", "clip_embed", {**TINY, "pretrained": "curate"})(rows)
+    by_path = StepRunner("clip_embed", "clip_embed", {**TINY, "pretrained": str(TINY_CLIP_WEIGHTS)})(rows)
+    random = StepRunner("clip_embed", "clip_embed", {**TINY, "random_init": True})(rows)
+    assert by_tag["clip_score"].null_count == 0
+    np.testing.assert_allclose(by_tag["clip_score"].to_numpy(), by_path["clip_score"].to_numpy(), atol=1e-5)
+    assert not np.allclose(by_tag["clip_score"].to_numpy(), random["clip_score"].to_numpy(), atol=1e-2)
 
 
 def test_random_init_builds_a_real_architecture(shapes):

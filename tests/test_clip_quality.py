@@ -105,3 +105,18 @@ def test_image_based_references_from_prompts_use_the_clip_text_tower():
     refs = step._references()
     assert refs.shape == (2, 128)
     np.testing.assert_allclose(np.linalg.norm(refs, axis=1), 1.0, rtol=1e-2)
+    # They are the text tower's own output for those prompts, computed here with open_clip directly,
+    # and the tower gives other prompts other vectors (not a constant or a cached pair).
+    import open_clip
+    import torch
+
+    from curate.models import TINY_CLIP_NAME, TINY_CLIP_WEIGHTS, register_tiny_clip
+
+    register_tiny_clip()
+    model = open_clip.create_model(TINY_CLIP_NAME, pretrained=str(TINY_CLIP_WEIGHTS)).eval()
+    tokenizer = open_clip.get_tokenizer(TINY_CLIP_NAME)
+    with torch.inference_mode():
+        tower = model.encode_text(tokenizer(["a red circle", "a blue square", "a green star"]), normalize=True)
+    tower = tower.numpy()
+    np.testing.assert_allclose(refs, tower[:2], atol=2e-3)
+    assert float(refs[0] @ refs[1]) < 0.99 and float(tower[2] @ refs[0]) < 0.99 and float(tower[2] @ refs[1]) < 0.99
