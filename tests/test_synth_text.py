@@ -38,14 +38,19 @@ def pools(tmp_path_factory) -> tuple[str, str, dict]:
     return plain, signs, summary
 
 
+def assert_same_files(left: str, right: str) -> None:
+    """Every file of pool ``left`` is byte for byte the same file in pool ``right``."""
+    for name in sorted(os.listdir(left)):
+        with open(os.path.join(left, name), "rb") as a, open(os.path.join(right, name), "rb") as b:
+            assert a.read() == b.read(), name
+
+
 def test_rate_zero_is_the_default_pool(pools, tmp_path):
     plain, _, _ = pools
     again = str(tmp_path / "zero")
     summary = make_pool(again, samples=80, shard_size=40, seed=3, faults=RATES, text_rate=0.0)
     assert "texts" not in summary
-    for name in sorted(os.listdir(plain)):
-        with open(os.path.join(plain, name), "rb") as a, open(os.path.join(again, name), "rb") as b:
-            assert a.read() == b.read(), name
+    assert_same_files(plain, again)
     assert load_ground_truth(plain)["text_word"].null_count == 80
 
 
@@ -133,9 +138,7 @@ def test_repeat_rate_zero_is_the_default_pool(pools, tmp_path):
     again = str(tmp_path / "zero")
     summary = make_pool(again, samples=80, shard_size=40, seed=3, faults=RATES, repeat_rate=0.0)
     assert "repeat_rate" not in summary
-    for name in sorted(os.listdir(plain)):
-        with open(os.path.join(plain, name), "rb") as a, open(os.path.join(again, name), "rb") as b:
-            assert a.read() == b.read(), name
+    assert_same_files(plain, again)
 
 
 def test_repeats_copy_the_first_shape_and_the_captions_follow(tmp_path):
