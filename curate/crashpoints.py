@@ -5,12 +5,19 @@ defaults to 1). The driver reads the variable; Ray tasks get it as a ``CrashPlan
 (workers do not share the driver's environment), count their passes in files beside the run,
 and kill the driver first, then themselves: the whole run dies at that point, as if the machine
 went down. Unset, a crash point costs one dict lookup. Names are listed in ``CRASH_POINTS``.
+
+``CURATE_CRASH_AT=name:n:hold`` instead stops the process that makes the n-th pass there for good
+(it writes ``held-name`` in the counter folder and sleeps), while the rest of the run goes on; only
+points passed in Ray tasks can hold. A
+test then kills the run from outside at a moment it knows is mid-run (the held work can never
+finish), without waiting on the clock.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,11 +48,28 @@ class CrashPlan:
         return cls(os.environ.get("CURATE_CRASH_AT") or None, os.getpid(), str(counter_dir))
 
 
-def _target(spec: str | None, name: str) -> int | None:
+CRASH_ACTIONS = ("kill", "hold")
+
+
+def _target(spec: str | None, name: str) -> tuple[int, str] | None:
+    """(pass count, action) when ``spec`` names this point."""
     if not spec:
         return None
-    target, _, count = spec.partition(":")
-    return int(count or 1) if target == name else None
+    target, _, rest = spec.partition(":")
+    if target != name:
+        return None
+    count, _, action = rest.partition(":")
+    action = action or "kill"
+    if action not in CRASH_ACTIONS:
+        raise ValueError(f"CURATE_CRASH_AT: action {action!r} is not one of {CRASH_ACTIONS}")
+    return int(count or 1), action
+
+
+def _hold_forever(counter_dir: str, name: str) -> None:
+    Path(counter_dir).mkdir(parents=True, exist_ok=True)
+    Path(counter_dir, f"held-{name}").touch()
+    while True:  # until the test kills the run
+        time.sleep(3600)
 
 
 def _passes(counter_dir: str, name: str) -> int:
@@ -63,14 +87,20 @@ def _passes(counter_dir: str, name: str) -> int:
 def crash_point(name: str, plan: CrashPlan | None = None) -> None:
     """In the driver: ``crash_point(name)``; in a Ray task: ``crash_point(name, plan)``."""
     spec = plan.spec if plan is not None else os.environ.get("CURATE_CRASH_AT")
-    count = _target(spec, name)
-    if count is None:
+    target = _target(spec, name)
+    if target is None:
         return
+    count, action = target
     if plan is None:  # the driver: one process, counted in memory
+        if action == "hold":  # held work must be the workers': the driver would stop the whole run
+            raise ValueError(f"CURATE_CRASH_AT: {name} is passed in the driver, where 'hold' does not apply")
         _driver_hits[name] = _driver_hits.get(name, 0) + 1
         if _driver_hits[name] >= count:
             os.kill(os.getpid(), signal.SIGKILL)
         return
-    if _passes(plan.counter_dir, name) >= count:
+    passes = _passes(plan.counter_dir, name)
+    if passes == count and action == "hold":
+        _hold_forever(plan.counter_dir, name)
+    if passes >= count and action == "kill":
         os.kill(plan.driver_pid, signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -264,8 +263,6 @@ def run_stage(plan: Plan, stage: Stage, job: StageJob, works: list[ShardWork], s
             unfinished.append(work.ref.index)
     if unfinished:
         raise RuntimeError(f"stage {stage.index} ended with {len(unfinished)} shard(s) unfinished: {unfinished[:10]}")
-    # Every attempt is committed: what is left are parts orphaned workers of a killed run wrote late.
-    shutil.rmtree(store.parts_root, ignore_errors=True)
 
 
 def _count_finished(running: list, progress: StageProgress | None, *, wait: bool) -> list:

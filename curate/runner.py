@@ -204,6 +204,7 @@ def _run_stages(plan: Plan, run: RunDir, shards: list[ShardRef], crash: CrashPla
             run_stage(plan, stage, job, works, states)
         stores.append(store)
         versions = {ref.index: store.read_marker(ref.index)["version"] for ref in shards}
+        store.clear_parts()  # also when nothing was computed: a killed attempt may have committed first
         for ref in shards:
             upstream[ref.index].append(versions[ref.index])
         if stage.is_last:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -94,6 +95,11 @@ class StageStore:
 
     def parts_dir(self, shard_index: int, attempt: str) -> Path:
         return self.parts_root / f"{shard_index:08d}-{attempt}"
+
+    def clear_parts(self) -> None:
+        """Once every shard of the stage is committed, parts left are garbage: those of an attempt
+        killed after its commit but before it removed them, or ones orphaned workers wrote late."""
+        shutil.rmtree(self.parts_root, ignore_errors=True)
 
     def columns(self) -> list[str]:
         """Every column this stage stored, in first-seen order over its shards."""

@@ -48,15 +48,20 @@ def test_sigkill_at_a_crash_point_then_resume(crash_at, reference_run, small_poo
 
 
 def test_sigkill_from_outside_mid_run_then_resume(reference_run, small_pool_pattern, ray_session, tmp_path):
+    """The driver is killed by a signal from outside while workers are mid-flight. The second final
+    shard's writer holds (never finishes), so the kill lands mid-run by construction, not by timing."""
     out = tmp_path / "run"
-    proc = _cli(small_pool_pattern, out, ray_session)
-    deadline = time.monotonic() + 240
-    while not list((out / "_done").glob("*.json")) and time.monotonic() < deadline and proc.poll() is None:
+    proc = _cli(small_pool_pattern, out, ray_session, "shard_files_written:2:hold")
+    held = out / "_tmp" / "crash" / "held-shard_files_written"
+    deadline = time.monotonic() + 240  # a guard against a hang, not a condition of the test
+    while not (held.exists() and list((out / "_done").glob("*.json"))):
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline, "the run never reached its held shard and a done shard"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     done_at_kill = len(list((out / "_done").glob("*.json")))
-    assert 1 <= done_at_kill < 4, "the kill should land mid-run"
+    assert 1 <= done_at_kill < 4
     resumed = _cli(small_pool_pattern, out, ray_session)
     log = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, log
@@ -90,3 +95,4 @@ def test_overwrite_replaces_a_run(small_pool_pattern, ray_session, tmp_path):
         run_recipe(recipe)
     result = run_recipe(recipe, overwrite=True)
     assert not (out / "junk.txt").exists() and result.stats["shards"] == 4
+
