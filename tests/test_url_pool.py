@@ -60,42 +60,62 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
         thread.join(timeout=5)
 
 
-def _jpeg(i: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (16 + i, 12 + i), (i * 8 % 256, 100, 200)).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
+# Real English sentences, so that fastText (the basic step's language id) calls them English.
+CAPTIONS = (
+    "A brown dog runs across the green field",
+    "Two children are building a sandcastle on the beach",
+    "An old red barn stands at the edge of the farm",
+    "A cup of hot coffee sits on a wooden table",
+    "Fresh vegetables for sale at the morning market",
+    "A small boat is sailing on a calm blue lake",
+)
+# Rows that download but that the basic recipe drops, each for its own reason: (caption, size) and
+# the reason the run records. Every other downloaded row passes basic (min side >= 200, aspect <= 3).
+BASIC_DROPS = {
+    7: (None, (48, 36), "basic:image_too_small"),
+    13: ("Ein roter Hund spielt im Garten mit einem Ball", None, "basic:non_english"),
+    19: ("a cat", None, "basic:caption_too_short"),
+    29: (None, (660, 200), "basic:extreme_aspect_ratio"),
+}
 
 
-def _png(i: int) -> bytes:
+def _image(i: int, size: tuple[int, int], fmt: str) -> bytes:
     buf = io.BytesIO()
-    Image.new("RGB", (20, 10), (i, 0, 0)).save(buf, format="PNG")
+    Image.new("RGB", size, (i * 8 % 256, 100, 200)).save(buf, format=fmt, quality=90)
     return buf.getvalue()
 
 
 def _make_pool(base_url: str, root: Path, tmp_path: Path) -> tuple[Path, dict[str, dict]]:
-    """30 rows: 26 JPEGs, 1 PNG, 2 missing (404), 1 not an image. Returns the pool and rows by uid."""
+    """30 rows: 26 JPEGs, 1 PNG, 2 missing (404), 1 not an image; 4 of the images or captions fail
+    basic (``BASIC_DROPS``). Returns the pool and rows by uid, with the reason the run drops each."""
     expected: dict[str, dict] = {}
     rows = []
     for i in range(N_ROWS):
         uid = f"{i:032x}"
+        caption, size, reason = BASIC_DROPS.get(i, (None, None, None))
+        caption = caption or CAPTIONS[i % len(CAPTIONS)]
+        size = size or (256 + i, 210 + i)
         if i in (5, 17):
-            name, kind, data = f"missing_{i}.jpg", "404", None
+            name, kind, data, reason = f"missing_{i}.jpg", "404", None, "read:failed_to_download"
         elif i == 11:
             name, kind, data = "junk.jpg", "junk", b"this is not an image, just text\n" * 4
+            reason = "read:failed_to_resize"
         elif i == 23:
-            name, kind, data = f"img_{i}.png", "png", _png(i)
+            name, kind, data = f"img_{i}.png", "png", _image(i, size, "PNG")
         else:
-            name, kind, data = f"img_{i}.jpg", "jpg", _jpeg(i)
+            name, kind, data = f"img_{i}.jpg", "jpg", _image(i, size, "JPEG")
         if data is not None:
             (root / name).write_bytes(data)
         url = f"{base_url}/{name}"
-        rows.append({"url": url, "caption": f"caption {i}", "uid": uid, "lang": "en"})
+        rows.append({"url": url, "caption": caption, "uid": uid, "lang": "en"})
         expected[uid] = {
             "i": i,
             "kind": kind,
             "url": url,
             "path": f"/{name}",
+            "caption": caption,
             "sha256": hashlib.sha256(data).hexdigest() if data else None,
+            "drop_reason": reason,
         }
     pool = tmp_path / "pool.parquet"
     pq.write_table(pa.Table.from_pylist(rows), pool)
@@ -136,7 +156,7 @@ def test_download_url_pool_end_to_end(server: tuple[str, Path, list[str]], tmp_p
         in_tar.update(_tar_samples(t))
     for uid, e in expected.items():
         rec = by_uid[uid]
-        assert rec["url"] == e["url"] and rec["caption"] == f"caption {e['i']}" and rec["lang"] == "en"
+        assert rec["url"] == e["url"] and rec["caption"] == e["caption"] and rec["lang"] == "en"
         # Keys are shard_id * 10**ceil(log10(per_shard)) + row, 5 + 1 digits here.
         assert len(rec["key"]) == 6 and rec["key"][:5] == f"{e['i'] // PER_SHARD:05d}"
         if e["kind"] == "404":
@@ -151,7 +171,7 @@ def test_download_url_pool_end_to_end(server: tuple[str, Path, list[str]], tmp_p
             assert rec["sha256"] == e["sha256"]  # hash of the bytes as served
             sample = in_tar[rec["key"]]
             assert set(sample) == {"jpg", "txt", "json"}
-            assert sample["txt"].decode() == f"caption {e['i']}"
+            assert sample["txt"].decode() == e["caption"]
             assert json.loads(sample["json"])["uid"] == uid
             if e["kind"] == "jpg":  # a JFIF JPEG is stored byte for byte
                 assert hashlib.sha256(sample["jpg"]).hexdigest() == e["sha256"]
@@ -238,13 +258,26 @@ def test_kwargs_for_csv_pool_without_uid_or_caption(tmp_path: Path) -> None:
     assert rows == 1 and kwargs["save_additional_columns"] == ["uid", "x"] and kwargs["caption_col"] is None
 
 
+def _samples_by_uid(tars: list[Path]) -> dict[str, dict[str, bytes]]:
+    """Every sample of the tars, by the uid in its json."""
+    out: dict[str, dict[str, bytes]] = {}
+    for tar in tars:
+        for sample in _tar_samples(str(tar)).values():
+            uid = json.loads(sample["json"])["uid"]
+            assert uid not in out, f"{uid} written twice"
+            out[uid] = sample
+    return out
+
+
 def test_url_pool_recipe_runs_end_to_end(server: tuple[str, Path, list[str]], tmp_path: Path, ray_session) -> None:
-    """`input.format: urls`: the runner downloads into RUN/_download, then curates the shards."""
+    """`input.format: urls`: the runner downloads into RUN/_download, then curates the shards; the
+    samples basic keeps reach the output shards with the image bytes img2dataset stored."""
+    from curate.catalog import connect
     from curate.config import load_recipe
     from curate.runner import run_recipe
 
     base_url, root, _ = server
-    pool, _ = _make_pool(base_url, root, tmp_path)
+    pool, expected = _make_pool(base_url, root, tmp_path)
     recipe = load_recipe(
         "basic",
         ["input.format=urls", "input.samples_per_shard=10", "input.download_threads=4"],
@@ -254,5 +287,22 @@ def test_url_pool_recipe_runs_end_to_end(server: tuple[str, Path, list[str]], tm
     result = run_recipe(recipe)
     assert result.stats["rows"] == 30
     assert result.stats["status"].get("failed_to_download") == 2
-    assert (tmp_path / "run" / "_download" / "00000.tar").exists()
-    assert sum(json.loads((tmp_path / "run" / "shards" / "sizes.json").read_text()).values()) == result.stats["written"]
+
+    with connect(tmp_path / "run") as con:
+        rows = con.sql("select uid, keep, drop_reason from samples").fetchall()
+    decided = {uid: (keep, reason) for uid, keep, reason in rows}
+    assert decided == {uid: (e["drop_reason"] is None, e["drop_reason"]) for uid, e in expected.items()}
+    kept = {uid for uid, e in expected.items() if e["drop_reason"] is None}
+    assert len(kept) == 23  # 27 downloaded, less the 4 rows made to fail basic
+
+    downloaded = _samples_by_uid(sorted((tmp_path / "run" / "_download").glob("*.tar")))
+    written = _samples_by_uid(sorted((tmp_path / "run" / "shards").glob("*.tar")))
+    assert set(written) == kept and result.stats["written"] == len(kept)
+    assert sum(json.loads((tmp_path / "run" / "shards" / "sizes.json").read_text()).values()) == len(kept)
+    for uid in kept:
+        sample, e = written[uid], expected[uid]
+        assert set(sample) == {"jpg", "txt", "json"} and sample["txt"].decode() == e["caption"]
+        # The bytes of img2dataset's shard, not of the served file: it re-encodes the PNG to JPEG.
+        assert sample["jpg"] == downloaded[uid]["jpg"], f"row {e['i']}: image bytes changed on the way"
+        if e["kind"] == "jpg":  # and a JFIF JPEG is the served file itself
+            assert hashlib.sha256(sample["jpg"]).hexdigest() == e["sha256"]
