@@ -233,8 +233,10 @@ def test_faults_at_their_rates_and_as_labelled(faulty_pool: str) -> None:
 
 
 def test_images_decode_or_are_corrupt(faulty_pool: str) -> None:
+    """Corrupt images do not decode; every other image does, damaged JPEGs included (that is their
+    point: the damage is inside the scan, where PIL does not look)."""
     rows, tar = _pool_rows(faulty_pool)
-    corrupt = 0
+    corrupt = damaged = 0
     for r in rows:
         if r["status"] != "success":
             continue
@@ -252,7 +254,8 @@ def test_images_decode_or_are_corrupt(faulty_pool: str) -> None:
             # DataComp's download: keep_ratio_largest at 512, only if bigger
             ow, oh = r["original_width"], r["original_height"]
             assert max(r["width"], r["height"]) == min(512, max(ow, oh))
-    assert corrupt > 0
+            damaged += r["fault"] == "damaged_jpeg"
+    assert corrupt > 0 and damaged > 0
 
 
 def test_language_id_of_captions(pool: tuple[str, dict[str, Any]]) -> None:
@@ -380,3 +383,27 @@ def test_same_layout_as_real_img2dataset(pool: tuple[str, dict[str, Any]], tmp_p
             assert meta[k] == mine[k], k
     failed = [r for r in theirs.to_pylist() if r["status"] != "success"]
     assert len(failed) == 1 and failed[0]["width"] is None and failed[0]["sha256"] is None
+
+
+def test_damage_is_inside_the_scan_of_an_intact_jpeg() -> None:
+    """``damage_scan`` keeps every header byte and the end marker, changes at most 63 bytes inside the
+    entropy-coded data, and PIL decodes the result without an error, into other pixels."""
+    import numpy as np
+
+    from curate.synth.render import damage_scan
+
+    clean = Image.new("RGB", (320, 240), (40, 120, 200))
+    for x in range(0, 320, 16):
+        clean.paste((x % 255, 255 - x % 255, 90), (x, 0, x + 8, 240))
+    buf = io.BytesIO()
+    clean.save(buf, format="JPEG", quality=90)
+    jpeg = buf.getvalue()
+    scan = jpeg.find(b"\xff\xda") + 2 + int.from_bytes(jpeg[jpeg.find(b"\xff\xda") + 2 :][:2], "big")
+    for seed in range(8):
+        damaged = damage_scan(np.random.default_rng(seed), jpeg)
+        changed = [i for i, (a, b) in enumerate(zip(jpeg, damaged, strict=True)) if a != b]
+        assert len(damaged) == len(jpeg) and changed and scan <= changed[0] and changed[-1] < len(jpeg) - 2
+        assert changed[-1] - changed[0] < 63
+        with Image.open(io.BytesIO(damaged)) as im:
+            im.load()
+            assert np.abs(np.asarray(im, dtype=int) - np.asarray(Image.open(io.BytesIO(jpeg)), dtype=int)).max() > 0

@@ -24,6 +24,7 @@ class FaultRates:
     alt_largest_only: float = 0.0  # names only the largest shape
     alt_vague: float = 0.0  # names no shape ("colorful abstract art")
     alt_filename: float = 0.0  # a camera file name ("IMG_4821.JPG")
+    damaged_jpeg: float = 0.0  # a run of bytes overwritten mid-scan; PIL still decodes it
 
     def __post_init__(self) -> None:
         total = 0.0

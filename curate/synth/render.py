@@ -179,6 +179,24 @@ def corrupt_bytes(rng: np.random.Generator, jpeg: bytes) -> bytes:
             return data
 
 
+def damage_scan(rng: np.random.Generator, jpeg: bytes, attempts: int = 64) -> bytes:
+    """Overwrite 16-63 bytes inside the entropy-coded scan, in its first half, keeping the headers and
+    the end marker: a JPEG that PIL decodes without an error, into wrong pixels from there on (what a
+    flipped disk block or a bad proxy does). Draws again until PIL decodes it."""
+    sos = jpeg.find(b"\xff\xda")
+    if sos < 0 or not jpeg.endswith(b"\xff\xd9"):
+        raise ValueError("damage_scan needs a baseline JPEG with a scan and an end marker")
+    start = sos + 2 + int.from_bytes(jpeg[sos + 2 : sos + 4], "big")
+    end = len(jpeg) - 2
+    for _ in range(attempts):
+        pos = int(rng.integers(start, start + max(1, (end - start) // 2)))
+        n = min(int(rng.integers(16, 64)), end - pos)
+        damaged = jpeg[:pos] + rng.integers(0, 256, size=n, dtype=np.uint8).tobytes() + jpeg[pos + n :]
+        if damaged != jpeg and _decodes(damaged):
+            return damaged
+    raise ValueError(f"no damage PIL decodes in {attempts} draws")
+
+
 def _decodes(data: bytes) -> bool:
     """Guard against random bytes that some lenient PIL plugin would accept."""
     try:

@@ -21,7 +21,7 @@ from curate.synth.captions_en import (
 from curate.synth.captions_i18n import caption_foreign
 from curate.synth.faults import FaultRates
 from curate.synth.i2d_format import ShardWriter, compute_key, oom_sample_per_shard, write_stats
-from curate.synth.render import corrupt_bytes, render_jpeg
+from curate.synth.render import corrupt_bytes, damage_scan, render_jpeg
 from curate.synth.scene import Scene, perturb_scene, sample_original_size, sample_scene, with_repeats
 from curate.synth.text import with_text
 
@@ -213,6 +213,8 @@ def write_shard(
             data = render_jpeg(s.scene)
             if s.fault == "corrupt_image":
                 data = corrupt_bytes(_sample_rng(seed, shard_id, s.index, 1), data)
+            elif s.fault == "damaged_jpeg":
+                data = damage_scan(_sample_rng(seed, shard_id, s.index, 1), data)
             successes += 1
             status["success"] += 1
             (w, h), (ow, oh) = s.scene.size, s.scene.original_size
