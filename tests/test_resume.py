@@ -95,4 +95,3 @@ def test_overwrite_replaces_a_run(small_pool_pattern, ray_session, tmp_path):
         run_recipe(recipe)
     result = run_recipe(recipe, overwrite=True)
     assert not (out / "junk.txt").exists() and result.stats["shards"] == 4
-
