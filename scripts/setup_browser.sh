@@ -9,6 +9,20 @@ SUDO=""
 if [ "$(id -u)" != "0" ]; then
   SUDO="sudo"
 fi
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+# Retry while another apt holds its locks (a fresh machine's unattended upgrades, or a second
+# checkout's setup): apt-get update fails at once on a held lock, whatever DPkg::Lock::Timeout says.
+apt_get() {
+  local out
+  for _ in $(seq 180); do
+    if out=$($SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=5 "$@" 2>&1); then
+      return 0
+    fi
+    grep -q "Could not get lock" <<<"$out" || { echo "$out" >&2; return 1; }
+    sleep 5
+  done
+  echo "$out" >&2
+  return 1
+}
+apt_get update -qq
+apt_get install -y -qq chromium
 chromium --version

@@ -16,6 +16,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from run_helpers import HANG_GUARD_S
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -24,7 +26,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def transformers_serve(model_dir: Path, timeout_s: float = 180.0) -> Iterator[str]:
+def transformers_serve(model_dir: Path, timeout_s: float = HANG_GUARD_S) -> Iterator[str]:
     """``transformers serve MODEL`` on a free port; yields the base URL (``.../v1``)."""
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -181,7 +183,7 @@ def flaky_proxy(upstream: str, every: int = 3) -> Iterator[tuple[str, FlakyProxy
                 data=body,
                 headers={"content-type": "application/json"},
             )
-            with urllib.request.urlopen(request, timeout=120) as response:
+            with urllib.request.urlopen(request, timeout=HANG_GUARD_S) as response:
                 self._json(response.status, response.read())
 
     with _serving(Handler) as url:
@@ -211,7 +213,7 @@ def rewriting_proxy(upstream: str, rewrite) -> Iterator[str]:
                 request = urllib.request.Request(
                     upstream.rstrip("/") + "/chat/completions", data=raw, headers={"content-type": "application/json"}
                 )
-                with urllib.request.urlopen(request, timeout=120) as response:
+                with urllib.request.urlopen(request, timeout=HANG_GUARD_S) as response:
                     reply.update(json.loads(response.read()))
                 return reply["choices"][0]["message"]["content"] or ""
 

@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+# How long a test waits on a process, a server or a model request before calling it hung. A guard,
+# never a bound on speed: on a busy 2-core machine one CLI run can take many minutes.
+HANG_GUARD_S = 1200
+
 
 def start_cli(
     recipe: str,
@@ -45,9 +49,22 @@ def start_cli(
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def finish(proc: subprocess.Popen) -> str:
+    """The output of a started CLI run once it exits. One still going after the hang guard is
+    killed, and fails the test with what it printed."""
+    try:
+        return proc.communicate(timeout=HANG_GUARD_S)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out = proc.communicate()[0]
+        raise AssertionError(
+            f"{' '.join(proc.args[3:5])} still running after {HANG_GUARD_S} s: {out[-3000:]}"
+        ) from None
+
+
 def run_cli(*args, **kwargs) -> subprocess.CompletedProcess:
     proc = start_cli(*args, **kwargs)
-    out = proc.communicate(timeout=300)[0]
+    out = finish(proc)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out)
 
 

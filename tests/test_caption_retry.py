@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import pool_pattern
 from model_servers import flaky_proxy, transformers_serve
-from run_helpers import run_cli, stored_stage_tables, write_recipe
+from run_helpers import HANG_GUARD_S, run_cli, stored_stage_tables, write_recipe
 
 from captioners.backends.transformers_backend import TINY_LLAVA_DIR
 from curate.synth import make_pool
@@ -39,7 +39,7 @@ def _recipe(folder: Path, base_url: str) -> Path:
                         "base_url": base_url,
                         "model": str(TINY_LLAVA_DIR),
                         "max_retries": 1,
-                        "timeout_s": 60,
+                        "timeout_s": HANG_GUARD_S,  # a hang guard: a busy machine answers slowly
                         "concurrency": 2,
                         # this test counts every request: sending is never cut short
                         "give_up_after": 1000,

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import pool_pattern
 from model_servers import flaky_proxy, rewriting_proxy, transformers_serve
-from run_helpers import run_cli, stored_stage_tables, write_recipe
+from run_helpers import HANG_GUARD_S, run_cli, stored_stage_tables, write_recipe
 
 import captioners.gbc  # noqa: F401 - registers the step
 from captioners.backends.transformers_backend import TINY_LLAVA_GBC_DIR
@@ -198,7 +198,7 @@ def _openai(url: str) -> dict:
         "base_url": url,
         "model": str(TINY_LLAVA_GBC_DIR),
         "max_retries": 1,
-        "timeout_s": 60,
+        "timeout_s": HANG_GUARD_S,  # a hang guard: a busy machine answers slowly
         "concurrency": 4,
         "give_up_after": 1000,
     }

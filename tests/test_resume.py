@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from run_helpers import snapshot, start_cli
+from run_helpers import finish, snapshot, start_cli
 
 from curate.config import load_recipe
 from curate.rundir import RunDir, RunFolderError
@@ -39,10 +39,10 @@ def _assert_same_output(run: Path, reference: Path) -> None:
 def test_sigkill_at_a_crash_point_then_resume(crash_at, reference_run, small_pool_pattern, ray_session, tmp_path):
     out = tmp_path / "run"
     killed = _cli(small_pool_pattern, out, ray_session, crash_at)
-    log = killed.communicate(timeout=300)[0]
+    log = finish(killed)
     assert killed.returncode == -signal.SIGKILL, log
     resumed = _cli(small_pool_pattern, out, ray_session)
-    log = resumed.communicate(timeout=300)[0]
+    log = finish(resumed)
     assert resumed.returncode == 0, log
     _assert_same_output(out, reference_run)
 
@@ -63,7 +63,7 @@ def test_sigkill_from_outside_mid_run_then_resume(reference_run, small_pool_patt
     done_at_kill = len(list((out / "_done").glob("*.json")))
     assert 1 <= done_at_kill < 4
     resumed = _cli(small_pool_pattern, out, ray_session)
-    log = resumed.communicate(timeout=300)[0]
+    log = finish(resumed)
     assert resumed.returncode == 0, log
     assert "resumed" in log
     _assert_same_output(out, reference_run)

@@ -275,3 +275,47 @@ def test_the_report_shows_the_semdedup_removals_and_the_length_buckets(full_run)
     # The CLIP histogram draws the pool-wide threshold the barrier computed, labelled with its value.
     threshold = json.loads((full_run.run_dir.root / "global_state.json").read_text())["clip_fraction"]["threshold"]
     assert f"clip_fraction: top 90% ({threshold:.3f})" in html
+
+
+@pytest.fixture
+def two_nodes(tmp_path):
+    """A Ray cluster of a head node without CPUs and one worker node, on 127.0.0.1."""
+    from ray_nodes import LocalCluster
+
+    cluster = LocalCluster(tmp_path)
+    try:
+        cluster.add_worker("first", num_cpus=2)
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def test_a_worker_node_dies_mid_run_and_the_run_ends_as_an_uninterrupted_one(
+    two_nodes, three_stage_reference, small_pool_pattern, tmp_path
+):
+    """The three-stage run on a real two-node cluster. Its only worker node is killed (every process
+    at once) while a task of stage 0 holds after committing one shard, so the kill lands mid-run by
+    construction; a replacement node joins, and the run's output equals an uninterrupted run's."""
+    import time
+
+    from run_helpers import finish, start_cli
+
+    out = tmp_path / "run"
+    proc = start_cli("basic", small_pool_pattern, out, two_nodes.address, THREE_STAGES, crash_at="stage_written:2:hold")
+    held = out / "_tmp" / "crash" / "held-stage_written"
+    try:
+        deadline = time.monotonic() + 300  # a guard against a hang, not a condition of the test
+        while not held.exists():
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "the run never reached its held shard"
+            time.sleep(0.05)
+        two_nodes.kill(two_nodes.nodes[-1])  # the only worker node: the held task was there
+        assert not (out / "stats.json").exists()
+        two_nodes.add_worker("replacement", num_cpus=2)
+        log = finish(proc)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, log
+    got, want = snapshot(out), snapshot(three_stage_reference)
+    assert got["stray"] == [] and got["tmp_left"] == []
+    assert got == want
