@@ -28,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from curate.run_storage import RunStorage, RunStorageError
 from schemas.recipe import Recipe
 from schemas.tables import RETRYABLE_STATUSES
 
@@ -58,23 +59,14 @@ class RunDir:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold an exclusive lock for the run; the OS drops it if the process is killed."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
+        """Hold the run folder exclusively (``RunStorage.hold``: locally an ``fcntl`` lock, which the
+        OS drops if the process is killed)."""
+        with contextlib.ExitStack() as stack:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-                raise RunFolderError(
-                    f"output folder {self.root} is in use by another curate run (pid {holder}); "
-                    "wait for it to finish or choose another --output"
-                ) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
+                stack.enter_context(RunStorage(str(self.root)).hold())
+            except RunStorageError as e:
+                raise RunFolderError(str(e)) from None
             yield
-        finally:
-            os.close(fd)
 
     def lock_holder(self) -> str | None:
         """The pid of the curate process that holds the run folder now, or None when none does."""

@@ -65,3 +65,13 @@ def basic_run(ray_session, small_pool_pattern, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("run_basic")
     return run_recipe(load_recipe("basic", input_path=small_pool_pattern, output_path=str(out)))
+
+
+@pytest.fixture(scope="session")
+def s3_env():
+    """A real S3 server on 127.0.0.1 for the whole test run (see ``s3_server``); yields the AWS
+    environment that names it, which is also set in this process."""
+    from s3_server import s3_server
+
+    with s3_server() as env:
+        yield env

@@ -1,0 +1,253 @@
+"""Where a run folder lives: a local path or an object store, behind one interface (fsspec).
+
+A run folder is written by the driver and by Ray tasks on any node, and read back by resumed runs,
+``curate query`` and training loaders. On a local (or shared POSIX) filesystem a file is committed
+by writing a temporary name and renaming it; an object store has no atomic rename, but an object
+becomes visible only once its upload completes, whole, so there a file is committed by its upload.
+Either way a reader sees a file whole or not at all, and what says a shard is done is its marker,
+written last.
+
+The run's exclusive hold differs too. Locally it is an ``fcntl`` lock, which the OS drops when the
+holder dies. An object store has no locks and cannot notice a dead holder, so there the hold is a
+lease: an object created only if absent (``If-None-Match: *``), renewed by its holder every
+``lease_s / 4`` with a write conditional on the version it last wrote (``If-Match``). Another run
+that finds the lease watches it: renewed meanwhile, its holder is alive and the run is refused;
+unchanged for ``lease_s``, its holder is dead (killed, its machine gone) and the lease is taken over
+by a write conditional on that dead version, so two takers can never both win. No clock is
+compared across machines: only the lease's version and the taker's own monotonic clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import posixpath
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import IO
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+DEFAULT_LEASE_S = 60.0
+LEASE_NAME = ".lease"
+
+
+class RunStorageError(RuntimeError):
+    """The run folder cannot be used: the message says why and what to do."""
+
+
+class RunStorage:
+    """A run folder at ``url`` (a local path, ``file://``, or an object store such as ``s3://``);
+    every path argument is relative to its root, with ``/`` separators."""
+
+    def __init__(self, url: str, storage_options: dict | None = None):
+        self.fs, root = fsspec.core.url_to_fs(str(url), **(storage_options or {}))
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+        self.root = os.path.abspath(root) if self.is_local else root.rstrip("/")
+        self.storage_options = storage_options or {}
+
+    def path(self, *parts: str) -> str:
+        """The path the filesystem knows (no protocol)."""
+        return posixpath.join(self.root, *parts) if parts else self.root
+
+    def url(self, *parts: str) -> str:
+        """The path with its protocol, for readers in other processes (DuckDB, Ray tasks)."""
+        path = self.path(*parts)
+        return path if self.is_local else self.fs.unstrip_protocol(path)
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self.path(rel))
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self.fs.cat_file(self.path(rel))
+
+    def read_json(self, rel: str):
+        return json.loads(self.read_bytes(rel))
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Commit ``data`` whole at ``rel``: readers see the old content or the new, never a part."""
+        with self.writer(rel) as f:
+            f.write(data)
+
+    def write_json(self, rel: str, value) -> None:
+        self.write_bytes(rel, json.dumps(value, indent=2).encode())
+
+    @contextlib.contextmanager
+    def writer(self, rel: str) -> Iterator[IO[bytes]]:
+        """A file to stream into, committed at ``rel`` when the block ends without an error; on an
+        error nothing is committed (a local temporary file is removed, an upload is abandoned)."""
+        path = self.path(rel)
+        if self.is_local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = posixpath.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+            try:
+                with open(tmp, "wb") as f:
+                    yield f
+                os.replace(tmp, path)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            return
+        f = self.fs.open(path, "wb")
+        try:
+            yield f
+        except BaseException:
+            _abandon(f)
+            raise
+        f.close()  # the upload completes here: only now does the object exist
+
+    def list(self, rel: str = "", pattern: str = "*") -> list[str]:
+        """Names (relative to ``rel``) of the files directly in ``rel`` matching ``pattern``, sorted;
+        temporary files of writers in flight are not listed."""
+        base = self.path(rel) if rel else self.root
+        found = self.fs.glob(posixpath.join(base, pattern))
+        names = [posixpath.basename(p.rstrip("/")) for p in found]
+        return sorted(n for n in names if not (n.startswith(".") and n.endswith(".tmp")))
+
+    def remove(self, rel: str) -> None:
+        """Remove a file or a whole folder; nothing to remove is not an error."""
+        path = self.path(rel)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    @contextlib.contextmanager
+    def hold(self, lease_s: float = DEFAULT_LEASE_S) -> Iterator[Lease | None]:
+        """Hold the run folder exclusively for the block (the local lock, or a lease on an object
+        store); a folder held by another live run raises ``RunStorageError``."""
+        if self.is_local:
+            with _local_lock(self.path()):
+                yield None
+            return
+        lease = Lease(self, lease_s)
+        lease.acquire()
+        try:
+            yield lease
+        finally:
+            lease.release()
+
+
+def _abandon(f) -> None:
+    """Drop an unfinished upload so that no object is created from it."""
+    discard = getattr(f, "discard", None)
+    if discard is not None:
+        with contextlib.suppress(Exception):
+            discard()
+    f.closed = True  # fsspec then skips committing it at garbage collection
+
+
+@contextlib.contextmanager
+def _local_lock(root: str) -> Iterator[None]:
+    import fcntl
+
+    os.makedirs(root, exist_ok=True)
+    fd = os.open(os.path.join(root, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise RunStorageError(
+                f"output folder {root} is in use by another curate run (pid {holder}); "
+                "wait for it to finish or choose another --output"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+class Lease:
+    """The exclusive hold of a run folder on an object store (see the module's docstring)."""
+
+    def __init__(self, storage: RunStorage, lease_s: float):
+        if lease_s <= 0:
+            raise ValueError(f"lease_s: value {lease_s}: must be > 0")
+        self.storage, self.lease_s = storage, float(lease_s)
+        self.key = storage.path(LEASE_NAME)
+        self.holder = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
+        self.etag: str | None = None
+        self.lost = threading.Event()  # set when another run took the lease over: stop writing
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def _body(self) -> bytes:
+        return json.dumps({**self.holder, "lease_s": self.lease_s, "renewed": time.time()}).encode()
+
+    def _current(self) -> tuple[str, dict] | None:
+        """The lease object's version and content, or None when there is none."""
+        try:
+            info = self.storage.fs.info(self.key, refresh=True)
+        except FileNotFoundError:
+            return None
+        try:
+            body = json.loads(self.storage.fs.cat_file(self.key))
+        except (FileNotFoundError, ValueError):
+            body = {}
+        return info["ETag"], body
+
+    def acquire(self) -> None:
+        fs = self.storage.fs
+        watched, deadline = None, None  # the version watched, and until when
+        while True:
+            try:
+                self.etag = fs.pipe_file(self.key, self._body(), mode="create")["ETag"]
+                break
+            except FileExistsError:
+                pass
+            seen = self._current()
+            if seen is None:
+                continue  # released meanwhile: try to create it again
+            etag, body = seen
+            if deadline is None or etag != watched:
+                if deadline is not None:  # it changed while watched: its holder renews it, alive
+                    raise RunStorageError(
+                        f"output folder {self.storage.url()} is in use by another curate run (pid {body.get('pid')} "
+                        f"on {body.get('host')}, which renews its lease); wait for it to finish or choose "
+                        "another --output"
+                    )
+                watched, deadline = etag, time.monotonic() + self.lease_s
+            elif time.monotonic() >= deadline:  # unchanged for a whole lease: its holder is dead
+                try:
+                    self.etag = fs.pipe_file(self.key, self._body(), IfMatch=etag)["ETag"]
+                    break
+                except OSError:
+                    deadline = None  # another run took it over first: watch the new holder
+                    continue
+            time.sleep(min(1.0, self.lease_s / 8))
+        self._renewer = threading.Thread(target=self._renew, name="curate-lease", daemon=True)
+        self._renewer.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.lease_s / 4):
+            try:
+                self.etag = self.storage.fs.pipe_file(self.key, self._body(), IfMatch=self.etag)["ETag"]
+            except OSError:
+                seen = self._current()
+                if seen is None or seen[1].get("token") != self.holder["token"]:
+                    self.lost.set()
+                    return
+                # a transient error with the lease still ours: keep its version and go on
+
+    def check(self) -> None:
+        """Raise if another run took the lease over (this run stalled past ``lease_s``)."""
+        if self.lost.is_set():
+            raise RunStorageError(
+                f"output folder {self.storage.url()}: this run's lease was taken over by another run "
+                f"(this run did not renew it for {self.lease_s:g} s); stopping so that two runs never write it"
+            )
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join()
+        if self.lost.is_set():
+            return
+        seen = self._current()
+        if seen is not None and seen[1].get("token") == self.holder["token"]:
+            self.storage.fs.rm_file(self.key)
