@@ -49,7 +49,6 @@ class RunStorage:
         self.fs, root = fsspec.core.url_to_fs(str(url), **(storage_options or {}))
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self.root = os.path.abspath(root) if self.is_local else root.rstrip("/")
-        self.storage_options = storage_options or {}
 
     def path(self, *parts: str) -> str:
         """The path the filesystem knows (no protocol)."""
@@ -232,7 +231,8 @@ class Lease:
                 if seen is None or seen[1].get("token") != self.holder["token"]:
                     self.lost.set()
                     return
-                # a transient error with the lease still ours: keep its version and go on
+                # still ours (an error after the write landed, or before it): renew from its version now
+                self.etag = seen[0]
 
     def check(self) -> None:
         """Raise if another run took the lease over (this run stalled past ``lease_s``)."""

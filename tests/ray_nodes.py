@@ -14,21 +14,16 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from model_servers import free_port
+
 RAY = str(Path(sys.executable).with_name("ray"))
 OBJECT_STORE_BYTES = 150 * 1024 * 1024  # small: the pools of the tests are a few MB
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _node_ports() -> list[str]:

@@ -11,7 +11,7 @@ import os
 import uuid
 from collections.abc import Iterator
 
-from ray_nodes import free_port
+from model_servers import free_port
 
 
 @contextlib.contextmanager
