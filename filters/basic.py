@@ -13,8 +13,8 @@ user who wants to re-threshold the other rules later without recomputing languag
 
 from __future__ import annotations
 
+import functools
 import logging
-import sys
 from functools import cache
 from typing import Literal
 
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 # Python's own whitespace (str.isspace, what str.split uses), so that the Arrow kernel counts words
 # exactly as DataComp's ``len(text.split())`` does; RE2's \s is ASCII only.
-_PY_WHITESPACE = "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace())
+_PY_WHITESPACE = "".join(chr(c) for c in range(0x3001) if chr(c).isspace())  # U+3000 is the last
 _WORD = "[^" + "".join(f"\\x{{{ord(c):x}}}" for c in _PY_WHITESPACE) + "]+"
 
 
@@ -69,10 +69,14 @@ def detect_language(texts: list[str], model: str) -> list[tuple[str, float]]:
     return out
 
 
+def _text(captions: pa.Array) -> pa.Array:
+    return pc.fill_null(captions.cast(pa.string()), "")
+
+
 def caption_measures(captions: pa.Array) -> tuple[pa.Array, pa.Array]:
     """Words (``len(c.split())``) and characters (``len(c)``, as DataComp counts them: surrounding
     whitespace included) of each caption, a null caption counted as ''."""
-    text = pc.fill_null(captions.cast(pa.string()), "")
+    text = _text(captions)
     words = pc.count_substring_regex(text, _WORD).cast(pa.int32())
     return words, pc.utf8_length(text).cast(pa.int32())
 
@@ -88,7 +92,7 @@ def _side(batch: pa.Table, name: str, use_original: bool) -> pa.Array:
 
 def _language_columns(captions: pa.Array, in_play: pa.Array, model: str) -> tuple[pa.Array, pa.Array]:
     """``lang`` and ``lang_score`` for the rows of ``in_play``, null elsewhere."""
-    asked = pc.filter(pc.fill_null(captions.cast(pa.string()), ""), in_play)
+    asked = pc.filter(captions, in_play)
     found = detect_language(asked.to_pylist(), model)
     langs = pa.array([lang for lang, _ in found], pa.string())
     scores = pa.array([score for _, score in found], pa.float32())
@@ -110,7 +114,7 @@ class BasicFilter:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         p = self.params
-        captions = batch["caption"].combine_chunks()
+        captions = _text(batch["caption"].combine_chunks())
         words, chars = caption_measures(captions)
         w, h = _side(batch, "width", p.use_original_size), _side(batch, "height", p.use_original_size)
         known = pc.fill_null(pc.and_(pc.greater(w, 0), pc.greater(h, 0)), False)
@@ -130,7 +134,7 @@ class BasicFilter:
         if p.language is None:
             lang, lang_score = pa.nulls(batch.num_rows, pa.string()), pa.nulls(batch.num_rows, pa.float32())
         else:
-            asked = in_play if p.annotate_language == "in_play" else pa.array([True] * batch.num_rows)
+            asked = in_play if p.annotate_language == "in_play" else pa.repeat(True, batch.num_rows)
             lang, lang_score = _language_columns(captions, asked, p.lang_model)
             reason = "non_english" if p.language == "en" else f"language_not_{p.language}"
             rules.append((reason, pc.fill_null(pc.not_equal(lang, p.language), True)))
@@ -151,10 +155,7 @@ class BasicFilter:
 
 
 def _any(masks: list[pa.Array]) -> pa.Array:
-    out = masks[0]
-    for mask in masks[1:]:
-        out = pc.or_(out, mask)
-    return out
+    return functools.reduce(pc.or_, masks)
 
 
 def _first_reason(rules: list[tuple[str, pa.Array]]) -> pa.Array:
