@@ -10,8 +10,9 @@ arrived it starts a Ray task that assembles them, writes the stage's output for 
 marker, and, in the last stage, the final shard through the sink.
 
 A stage that only applies global decisions (or only reads, when a recipe starts with a global
-step) has no model to keep warm in an actor pool: it runs as one Ray task per shard that reads,
-decides, writes and commits, with no rows moving through Ray Data at all.
+step) has no model to keep warm in an actor pool: it runs as one task per shard that reads,
+decides, writes and commits, with no rows moving through Ray Data at all. Per-shard tasks go to a
+``curate.shard_tasks`` pool: Ray tasks, or the driver's threads when no stage of the plan needs Ray.
 
 Nothing in the driver grows with the number of rows. Every output shard is a function of its
 input shard alone, so a shard redone after a kill is written exactly as it was the first time.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -34,6 +36,7 @@ from curate.parts import assemble_shard, part_folder, remove_parts, write_parts
 from curate.plan import Plan, Stage
 from curate.progress import StageProgress
 from curate.readers.base import ShardRef, fetch_images, read_shard
+from curate.shard_tasks import ShardTasks
 from curate.shard_work import ShardWork
 from curate.sink import SinkContext, write_final_shard
 from curate.stage_store import StageStore, load_shard, stage_columns
@@ -137,20 +140,23 @@ def finish_stage_shard(job: StageJob, work: ShardWork, part_paths: list[str], ro
     return counters
 
 
-# Step runners built by this worker process, by stage fingerprint and operation: a worker that
-# decides shard after shard builds each step once (a MetaCLIP matcher over 500k entries, say).
-_RUNNERS: dict[tuple[str, str, str], StepRunner] = {}
+# Step runners built by this worker (a Ray worker process, or a thread of the driver's local pool),
+# by stage fingerprint and operation: a worker that decides shard after shard builds each step once
+# (a MetaCLIP matcher over 500k entries, say). Per thread, because a step is not built to be called
+# from two threads at once.
+_WORKER = threading.local()
 _MAX_RUNNERS = 16
 
 
 def _runner(fingerprint: str, kwargs: dict) -> StepRunner:
+    runners: dict[tuple[str, str, str], StepRunner] = _WORKER.__dict__.setdefault("runners", {})
     # The state names its run's files (centroids, annotations): two runs never share a runner.
     key = (fingerprint, kwargs["step_id"], json.dumps(kwargs["state"], sort_keys=True, default=str))
-    if key not in _RUNNERS:
-        if len(_RUNNERS) >= _MAX_RUNNERS:
-            _RUNNERS.pop(next(iter(_RUNNERS)))
-        _RUNNERS[key] = StepRunner(**kwargs)
-    return _RUNNERS[key]
+    if key not in runners:
+        if len(runners) >= _MAX_RUNNERS:
+            runners.pop(next(iter(runners)))
+        runners[key] = StepRunner(**kwargs)
+    return runners[key]
 
 
 def decide_shard(job: StageJob, fingerprint: str, operations: list[dict], work: ShardWork) -> dict | None:
@@ -245,14 +251,15 @@ def stage_label(stage: Stage) -> str:
     return f"stage {stage.index} [{names}]"
 
 
-def run_stage(plan: Plan, stage: Stage, job: StageJob, works: list[ShardWork], states: dict) -> None:
-    """Every shard of ``works`` ends with this stage's output written (and its final shard, if last)."""
+def run_stage(plan: Plan, stage: Stage, job: StageJob, works: list[ShardWork], states: dict, tasks: ShardTasks) -> None:
+    """Every shard of ``works`` ends with this stage's output written (and its final shard, if last).
+    Per-shard tasks run on ``tasks``; a stage with per-batch steps needs Ray Data (``RayShardTasks``)."""
     progress = StageProgress(stage_label(stage), len(works), enabled=plan.recipe.ray.progress_bars)
     try:
         if stage.runs_per_shard:
-            _run_stage_as_tasks(stage, job, works, states, progress)
+            _run_stage_as_tasks(stage, job, works, states, progress, tasks)
         else:
-            _run_stage_as_dataset(plan, stage, job, works, states, progress)
+            _run_stage_as_dataset(plan, stage, job, works, states, progress, tasks)
     finally:
         progress.close()
     store = _store(job.store)
@@ -265,51 +272,53 @@ def run_stage(plan: Plan, stage: Stage, job: StageJob, works: list[ShardWork], s
         raise RuntimeError(f"stage {stage.index} ended with {len(unfinished)} shard(s) unfinished: {unfinished[:10]}")
 
 
-def _count_finished(running: list, progress: StageProgress | None, *, wait: bool) -> list:
+def _count_finished(tasks: ShardTasks, running: list, progress: StageProgress | None, *, wait: bool) -> list:
     """Count the shard tasks that have ended (all of them with ``wait``); return those still running.
     A task's error is raised here."""
-    import ray
-
     while running:
-        ready, running = ray.wait(running, num_returns=1, timeout=None if wait else 0)
-        if not ready:
+        ended, running = tasks.finished(running, wait=wait)
+        for counters in ended:
+            if progress is not None:
+                progress.shard_done()
+            if counters is not None:
+                logger.info(
+                    "shard %s done: %d of %d rows written", counters["shard"], counters["written"], counters["rows"]
+                )
+        if not wait:
             break
-        counters = ray.get(ready[0])
-        if progress is not None:
-            progress.shard_done()
-        if counters is not None:
-            logger.info(
-                "shard %s done: %d of %d rows written", counters["shard"], counters["written"], counters["rows"]
-            )
     return running
 
 
-def _await_shards(running: list, progress: StageProgress | None) -> None:
-    _count_finished(running, progress, wait=True)
+def _await_shards(tasks: ShardTasks, running: list, progress: StageProgress | None) -> None:
+    _count_finished(tasks, running, progress, wait=True)
 
 
 def _run_stage_as_tasks(
-    stage: Stage, job: StageJob, works: list[ShardWork], states: dict, progress: StageProgress
+    stage: Stage, job: StageJob, works: list[ShardWork], states: dict, progress: StageProgress, tasks: ShardTasks
 ) -> None:
-    import ray
-
     cpus = max([op.spec.resources.num_cpus for op in stage.operations] or [WRITE_NUM_CPUS])
-    task = ray.remote(num_cpus=cpus, max_retries=2)(decide_shard)
     operations = [runner_kwargs(op, states) for op in stage.operations]
-    _await_shards([task.remote(job, stage.fingerprint, operations, work) for work in works], progress)
+    running = [tasks.submit(decide_shard, job, stage.fingerprint, operations, w, num_cpus=cpus) for w in works]
+    _await_shards(tasks, running, progress)
 
 
 def _run_stage_as_dataset(
-    plan: Plan, stage: Stage, job: StageJob, works: list[ShardWork], states: dict, progress: StageProgress
+    plan: Plan,
+    stage: Stage,
+    job: StageJob,
+    works: list[ShardWork],
+    states: dict,
+    progress: StageProgress,
+    tasks: ShardTasks,
 ) -> None:
-    import ray
+    def finish(work: ShardWork, part_paths: list[str], rows: int):
+        return tasks.submit(finish_stage_shard, job, work, part_paths, rows, num_cpus=WRITE_NUM_CPUS)
 
-    finish = ray.remote(num_cpus=WRITE_NUM_CPUS, max_retries=2)(finish_stage_shard)
     by_index = {w.ref.index: w for w in works}
     # What each shard already has: parts an interrupted attempt left, rows kept from its previous output.
     arrived = {w.ref.index: w.covered for w in works}
     parts = {w.ref.index: list(w.parts) for w in works}
-    running = [finish.remote(job, w, parts.pop(w.ref.index), w.shard_rows) for w in works if w.nothing_to_compute]
+    running = [finish(w, parts.pop(w.ref.index), w.shard_rows) for w in works if w.nothing_to_compute]
     to_compute = [w for w in works if not w.nothing_to_compute]
     if to_compute:
         for summary in build_dataset(plan, stage, job, to_compute, states).iter_rows():
@@ -319,15 +328,18 @@ def _run_stage_as_dataset(
             parts[index].append(summary["part"])
             crash_point("part_tallied")
             if arrived[index] == int(summary["shard_rows"]):
-                running.append(finish.remote(job, by_index[index], parts.pop(index), arrived[index]))
-            running = _count_finished(running, progress, wait=False)
-    _await_shards(running, progress)
+                running.append(finish(by_index[index], parts.pop(index), arrived[index]))
+            running = _count_finished(tasks, running, progress, wait=False)
+    _await_shards(tasks, running, progress)
 
 
-def sink_cached(stores: list[StageStore], sink: SinkContext, shards: list[ShardRef], versions: dict[int, str]) -> None:
-    """Write the final shards of ``shards`` from the cache, one Ray task per shard."""
-    import ray
-
-    task = ray.remote(num_cpus=WRITE_NUM_CPUS, max_retries=2)(sink_cached_shard)
+def sink_cached(
+    stores: list[StageStore], sink: SinkContext, shards: list[ShardRef], versions: dict[int, str], tasks: ShardTasks
+) -> None:
+    """Write the final shards of ``shards`` from the cache, one task per shard."""
     roots = [str(s.root) for s in stores]
-    _await_shards([task.remote(roots, sink, ref, versions[ref.index]) for ref in shards], None)
+    running = [
+        tasks.submit(sink_cached_shard, roots, sink, ref, versions[ref.index], num_cpus=WRITE_NUM_CPUS)
+        for ref in shards
+    ]
+    _await_shards(tasks, running, None)

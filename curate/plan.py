@@ -68,7 +68,7 @@ class Stage:
 
     @property
     def runs_per_shard(self) -> bool:
-        """A stage of global decisions only (or of none) runs as one Ray task per shard: there is no
+        """A stage of global decisions only (or of none) runs as one task per shard: there is no
         model to keep warm in an actor pool, so no rows need to move through Ray Data."""
         return all(op.action == "decide" for op in self.operations) and not self.needs_pixels
 
@@ -102,6 +102,12 @@ class Plan:
     step_rows: tuple[tuple[str, str], ...] = field(default=())  # (step id, rows) in recipe order
 
     @property
+    def runs_per_shard_only(self) -> bool:
+        """Whether every stage runs one task per shard (no actor pools, no Ray Data): such a plan runs
+        in the driver's threads unless a Ray cluster is named (``curate.shard_tasks``)."""
+        return all(stage.runs_per_shard for stage in self.stages)
+
+    @property
     def global_operations(self) -> list[Operation]:
         return [s.barrier for s in self.stages if s.barrier is not None]
 
@@ -113,7 +119,7 @@ class Plan:
             reads = "source shards (pixels)" if stage.index == 0 or stage.needs_pixels else "stage outputs"
             if stage.index and stage.needs_pixels:
                 reads = f"stage outputs + image bytes by range ({stage.pixel_rows} rows)"
-            how = "one Ray task per shard" if stage.runs_per_shard else "a Ray Data pass, an actor pool per step"
+            how = "one task per shard" if stage.runs_per_shard else "a Ray Data pass, an actor pool per step"
             lines.append(f"stage {stage.index} ({stage.cache_name}): {how}; reads {reads}")
             for op in stage.operations:
                 lines.append(f"  - {op.describe()}")
@@ -127,7 +133,8 @@ class Plan:
                     f"(DuckDB view `staged`), cached as {stage.barrier_cache_name}"
                 )
         sink = "tar + parquet + _stats.json per shard" if self.layout_writes_images else "parquet + _stats.json"
-        lines.append(f"sink ({self.recipe.output.layout}): Ray tasks write {sink}, then its done-marker")
+        where = "threads of this process (no Ray: no stage needs it)" if self.runs_per_shard_only else "Ray tasks"
+        lines.append(f"sink ({self.recipe.output.layout}): {where} write {sink}, then its done-marker")
         return "\n".join(lines)
 
 

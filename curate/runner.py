@@ -36,6 +36,7 @@ from curate.plan import Plan, Stage, compile_plan
 from curate.readers.base import ShardRef, list_shards, preflight
 from curate.registry import get_layout
 from curate.rundir import RunDir, atomic_write_text
+from curate.shard_tasks import LocalShardTasks, RayShardTasks, ShardTasks, ray_address_named
 from curate.shard_work import inputs_digest, plan_shard_work
 from curate.sink import SinkContext
 from curate.stage_store import StageStore
@@ -91,6 +92,19 @@ def check_resources(plan: Plan, cluster: dict[str, float]) -> None:
                 f"steps.*.resources: stage {stage.index} ({steps}) needs {gpus:g} GPUs, but the Ray cluster has "
                 f"{have_gpus:g}; set steps.N.resources.num_gpus to 0 to run on CPU"
             )
+
+
+def shard_tasks_for(plan: Plan) -> ShardTasks:
+    """Threads of this process for a plan of per-shard tasks only, unless a Ray cluster is named;
+    otherwise Ray (started here if need be), once its actor pools are known to fit."""
+    if plan.runs_per_shard_only and not ray_address_named(plan.recipe.ray.address):
+        logger.info("every stage runs one task per shard: running them in this process, without Ray")
+        return LocalShardTasks(plan.recipe.ray.num_cpus)
+    ensure_ray(plan.recipe)
+    import ray
+
+    check_resources(plan, ray.cluster_resources())
+    return RayShardTasks()
 
 
 def _column_params(recipe: Recipe) -> dict[str, str]:
@@ -161,7 +175,7 @@ def _final_is_current(run: RunDir, ref: ShardRef, version: str) -> bool:
         return False
 
 
-def _run_stages(plan: Plan, run: RunDir, shards: list[ShardRef], crash: CrashPlan) -> list[dict]:
+def _run_stages(plan: Plan, run: RunDir, shards: list[ShardRef], crash: CrashPlan, tasks: ShardTasks) -> list[dict]:
     sink = SinkContext(str(run.root), plan.recipe.output, plan.step_rows, crash)
     stores: list[StageStore] = []
     states: dict[str, dict] = {}
@@ -201,7 +215,7 @@ def _run_stages(plan: Plan, run: RunDir, shards: list[ShardRef], crash: CrashPla
                 sink=sink if stage.is_last else None,
                 crash=crash,
             )
-            run_stage(plan, stage, job, works, states)
+            run_stage(plan, stage, job, works, states, tasks)
         stores.append(store)
         versions = {ref.index: store.read_marker(ref.index)["version"] for ref in shards}
         store.clear_parts()  # also when nothing was computed: a killed attempt may have committed first
@@ -211,7 +225,7 @@ def _run_stages(plan: Plan, run: RunDir, shards: list[ShardRef], crash: CrashPla
             computed = {w.ref.index for w in works}
             cached = [s for s in shards if s.index not in computed and not _final_is_current(run, s, versions[s.index])]
             if cached:
-                sink_cached(stores, sink, cached, versions)
+                sink_cached(stores, sink, cached, versions, tasks)
         entry = {
             "stage": stage.index,
             "computed": len(works),
@@ -307,11 +321,11 @@ def run_recipe(recipe: Recipe, *, overwrite: bool = False) -> RunResult:
         run.write_state("running", started=time.time(), stage=None, error=None, traceback=None)
         try:
             if done_before < len(shards) or run.has_retryable_rows():
-                ensure_ray(recipe)
-                import ray
-
-                check_resources(plan, ray.cluster_resources())
-                stages = _run_stages(plan, run, shards, CrashPlan.from_env(run.tmp / "crash"))
+                tasks = shard_tasks_for(plan)
+                try:
+                    stages = _run_stages(plan, run, shards, CrashPlan.from_env(run.tmp / "crash"), tasks)
+                finally:
+                    tasks.close()
             # What this invocation computed and reused (stats.json holds only what the output is).
             atomic_write_text(run.root / "stages.json", json.dumps(stages, indent=2))
             crash_point("before_run_summary")

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from curate.crashpoints import CrashPlan, crash_point
 from curate.readers.base import ShardRef, fetch_images
 from curate.registry import get_layout
 from curate.rundir import RunDir, atomic_write_text
+from curate.stage_store import write_sample_parquet
 from curate.stats import shard_counters
 from schemas.recipe import OutputSpec
 from schemas.tables import HEAVY_COLUMNS, RUNNER_COLUMNS, STATUS_SUCCESS
@@ -101,7 +101,7 @@ def write_final_shard(ctx: SinkContext, ref: ShardRef, table: pa.Table, stage_ve
 
     files, extra = layout.cls().write_shard(ctx, name, kept)
     final = {run.shards / f"{name}.parquet": None, run.shards / f"{name}_stats.json": None}
-    pq.write_table(sidecar(table), tmp_path(run.shards / f"{name}.parquet"))
+    write_sample_parquet(sidecar(table), tmp_path(run.shards / f"{name}.parquet"))
     written = extra.get("samples_written", kept.num_rows)
     tmp_path(run.shards / f"{name}_stats.json").write_text(
         json.dumps({"successes": written, "count": table.num_rows, "kept": kept.num_rows}, indent=2)

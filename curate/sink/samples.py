@@ -11,13 +11,13 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curate.registry import register_layout
 from curate.rundir import RunDir, atomic_write_text
 from curate.sink import sidecar, tmp_path
 from curate.sink.splits import finish_splits, split_finals, split_members
 from curate.sink.tars import write_tar
+from curate.stage_store import write_sample_parquet
 from schemas.recipe import Recipe
 
 
@@ -32,7 +32,7 @@ def _write_splits(ctx, name: str, kept: pa.Table, files: list[Path]) -> dict:
         if ext == ".tar":
             write_tar(tmp_path(path), rows, output.caption_field)
         else:
-            pq.write_table(sidecar(rows), tmp_path(path))
+            write_sample_parquet(sidecar(rows), tmp_path(path))
         files.append(path)
     return {"splits": {value: len(rows) for value, rows in members.items()}}
 
