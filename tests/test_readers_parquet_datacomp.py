@@ -269,3 +269,57 @@ def test_datacomp_npz_name_clash_and_1d(tmp_path: Path) -> None:
     assert out.schema.names[len(SAMPLE_COLUMNS) :] == ["score", "npz_score", "ids"]
     assert out.column("npz_score").to_pylist() == [1.0, 2.0] and out.column("ids").to_pylist() == [3, 4]
     assert out.column("uid").to_pylist() == ["a" * 32, "b" * 32]
+
+
+def _as_datacomp_writes_it(base: Path, n: int = 7) -> pa.Table:
+    """A shard as DataComp's metadata has it: canonical uids, integer sizes, text as strings, nulls."""
+    made = _datacomp_shard(base, n=n)["table"]
+    table = made.set_column(0, "uid", pa.array([u.lower() for u in made["uid"].to_pylist()]))
+    text = ["text 0", None, "  spaced  ", "ünïcödé", "", "text 5", "text 6"][:n]
+    table = table.set_column(table.schema.get_field_index("text"), "text", pa.array(text, pa.string()))
+    widths = pa.array([100, None, 300, 4, 5, 6, 7][:n], pa.int64())
+    table = table.set_column(table.schema.get_field_index("original_width"), "original_width", widths)
+    pq.write_table(table, base.with_suffix(".parquet"))
+    return table
+
+
+def test_datacomp_columns_read_as_the_row_path_reads_them(tmp_path: Path) -> None:
+    """DataComp's own shape of metadata is read column by column; the table equals the row path's."""
+    from curate.readers import datacomp_reader
+
+    table = _as_datacomp_writes_it(tmp_path / "00000003")
+    ref = ShardRef(3, str(tmp_path / "00000003.parquet"), "datacomp")
+    caption, meta = "text", ["face_bboxes"]
+    columnar = datacomp_reader._columnar_samples(table, ref, caption, meta)
+    assert columnar is not None, "DataComp's shape of metadata took the row path"
+    rows = datacomp_reader._row_samples(table, ref, caption, meta)
+    assert columnar.schema.equals(rows.schema)
+    for name in columnar.column_names:
+        assert columnar[name].equals(rows[name]), name
+    assert read_datacomp_shard(ref).select(SAMPLE_COLUMNS).equals(rows)
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["uppercase uid", "uid not hex", "null uid", "status column", "float sizes", "numeric caption"],
+)
+def test_datacomp_columns_that_need_converting_take_the_row_path(tmp_path: Path, change: str) -> None:
+    from curate.readers import datacomp_reader
+
+    table = _as_datacomp_writes_it(tmp_path / "00000000")
+    uids = table["uid"].to_pylist()
+    if change == "uppercase uid":
+        table = table.set_column(0, "uid", pa.array([uids[0].upper(), *uids[1:]]))
+    elif change == "uid not hex":
+        table = table.set_column(0, "uid", pa.array(["not-a-uid", *uids[1:]]))
+    elif change == "null uid":
+        table = table.set_column(0, "uid", pa.array([None, *uids[1:]], pa.string()))
+    elif change == "status column":
+        table = table.append_column("status", pa.array(["success"] * table.num_rows))
+    elif change == "float sizes":
+        i = table.schema.get_field_index("original_height")
+        table = table.set_column(i, "original_height", table["original_height"].cast(pa.float64()))
+    else:
+        table = table.set_column(table.schema.get_field_index("text"), "text", pa.array(range(table.num_rows)))
+    ref = ShardRef(0, str(tmp_path / "00000000.parquet"), "datacomp")
+    assert datacomp_reader._columnar_samples(table, ref, "text", ["face_bboxes"]) is None

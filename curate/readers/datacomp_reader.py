@@ -26,6 +26,7 @@ from typing import Any
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from fsspec.implementations.local import LocalFileSystem
 
 from curate.readers.base import InputError, ShardRef
@@ -40,7 +41,7 @@ from curate.readers.parquet_reader import (
     read_parquet_table,
 )
 from curate.registry import register_reader
-from schemas.tables import SAMPLE_COLUMNS, STATUS_SUCCESS, rows_to_sample_table
+from schemas.tables import DECISION_TYPE, SAMPLE_COLUMNS, SAMPLE_SCHEMA, STATUS_SUCCESS, rows_to_sample_table
 
 logger = logging.getLogger(__name__)
 
@@ -172,8 +173,23 @@ def read_datacomp_shard(ref: ShardRef) -> pa.Table:
     ]
     consumed = {caption_col, "uid", *TAKEN_COLUMNS, *score_cols}
     meta_cols = [f.name for f in table.schema if f.name not in consumed and not is_binary_type(f.type)]
-    wanted = consumed.union(meta_cols)
-    columns = {name: table.column(name).to_pylist() for name in names if name in wanted}
+    out = _columnar_samples(table, ref, caption_col, meta_cols)
+    if out is None:
+        out = _row_samples(table, ref, caption_col, meta_cols)
+    for name in score_cols:
+        out = out.append_column(pa.field(name, pa.float32()), table.column(name).cast(pa.float32()))
+    for name, array in _npz_columns(npz_path, members, set(out.column_names)).items():
+        out = out.append_column(name, array)
+    logger.debug("%s: %d rows, extra columns %s", ref.path, n, out.column_names[len(SAMPLE_COLUMNS) :])
+    return out
+
+
+def _row_samples(table: pa.Table, ref: ShardRef, caption_col: str | None, meta_cols: list[str]) -> pa.Table:
+    """The sample table row by row, through the readers' shared conversions (uids normalised or
+    derived, any status, sizes of any numeric type)."""
+    n = table.num_rows
+    wanted = {caption_col, "uid", *TAKEN_COLUMNS, *meta_cols}
+    columns = {name: table.column(name).to_pylist() for name in table.column_names if name in wanted}
     rows: list[dict[str, Any]] = []
     for i in range(n):
         meta = {name: columns[name][i] for name in meta_cols if columns[name][i] is not None}
@@ -188,13 +204,66 @@ def read_datacomp_shard(ref: ShardRef) -> pa.Table:
         finish_uid(row, columns["uid"][i] if "uid" in columns else None, meta)
         row.update(source=ref.path, shard_index=ref.index, row_in_shard=i, shard_rows=n, meta=meta_json(meta))
         rows.append(row)
-    out = rows_to_sample_table(rows)
-    for name in score_cols:
-        out = out.append_column(pa.field(name, pa.float32()), table.column(name).cast(pa.float32()))
-    for name, array in _npz_columns(npz_path, members, set(out.column_names)).items():
-        out = out.append_column(name, array)
-    logger.debug("%s: %d rows, extra columns %s", ref.path, n, out.column_names[len(SAMPLE_COLUMNS) :])
-    return out
+    return rows_to_sample_table(rows)
+
+
+_UID_PATTERN = "^[0-9a-f]{32}$"
+_TEXT_COLUMNS = ("url", "sha256", "error_message")
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _columnar_samples(table: pa.Table, ref: ShardRef, caption_col: str | None, meta_cols: list[str]) -> pa.Table | None:
+    """The sample table column by column, exactly as ``_row_samples`` builds it, for DataComp's own
+    shape of metadata: uids already canonical, no status column, text as strings and sizes as
+    integers. ``None`` when a column needs the row path's conversions. Only ``meta`` (the JSON of
+    columns no sample column takes, e.g. ``face_bboxes``) is still built per row."""
+    n = table.num_rows
+    schema = table.schema
+    if "uid" not in schema.names or "status" in schema.names or not _is_text(schema.field("uid").type):
+        return None
+    uid = table["uid"]
+    if uid.null_count or (n and not pc.all(pc.match_substring_regex(uid, _UID_PATTERN)).as_py()):
+        return None
+    text = [c for c in (*_TEXT_COLUMNS, caption_col) if c is not None and c in schema.names]
+    if any(not _is_text(schema.field(c).type) for c in text):
+        return None
+    if "key" in schema.names and not (
+        _is_text(schema.field("key").type) or pa.types.is_integer(schema.field("key").type)
+    ):
+        return None
+    if any(c in schema.names and not pa.types.is_integer(schema.field(c).type) for c in INT_COLUMNS):
+        return None
+
+    def column(name: str | None, field: pa.Field) -> pa.Array | pa.ChunkedArray:
+        if name is None or name not in schema.names:
+            return pa.nulls(n, field.type)
+        return table[name].cast(field.type)
+
+    values = [table[c].to_pylist() for c in meta_cols]
+    meta = [
+        meta_json({c: v for c, v in zip(meta_cols, row, strict=True) if v is not None})
+        for row in zip(*values, strict=True)
+    ]
+    by_name = {
+        "uid": uid.cast(pa.string()),
+        "source": pa.array(np.full(n, ref.path, dtype=object), pa.string()),
+        "shard_index": pa.array(np.full(n, ref.index, dtype=np.int32)),
+        "row_in_shard": pa.array(np.arange(n, dtype=np.int32)),
+        "shard_rows": pa.array(np.full(n, n, dtype=np.int32)),
+        "caption": column(caption_col, SAMPLE_SCHEMA.field("caption")),
+        "status": pa.array(np.full(n, STATUS_SUCCESS, dtype=object), pa.string()),
+        "meta": pa.array(meta if meta_cols else [None] * n, pa.string()),
+        "keep": pa.array(np.ones(n, dtype=bool)),
+        "decisions": pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], DECISION_TYPE)),
+    }
+    arrays = [
+        by_name[f.name] if f.name in by_name else column(f.name if f.name in (*text, "key", *INT_COLUMNS) else None, f)
+        for f in SAMPLE_SCHEMA
+    ]
+    return pa.Table.from_arrays(arrays, schema=SAMPLE_SCHEMA)
 
 
 def check_datacomp_shard(ref: ShardRef) -> None:
