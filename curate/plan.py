@@ -133,7 +133,9 @@ class Plan:
                     f"(DuckDB view `staged`), cached as {stage.barrier_cache_name}"
                 )
         sink = "tar + parquet + _stats.json per shard" if self.layout_writes_images else "parquet + _stats.json"
-        where = "threads of this process (no Ray: no stage needs it)" if self.runs_per_shard_only else "Ray tasks"
+        where = "Ray tasks"
+        if self.runs_per_shard_only:
+            where = "threads of this process (Ray tasks if a cluster is named: no stage needs Ray)"
         lines.append(f"sink ({self.recipe.output.layout}): {where} write {sink}, then its done-marker")
         return "\n".join(lines)
 

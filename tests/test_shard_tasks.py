@@ -63,8 +63,8 @@ def test_threads_write_what_ray_tasks_write(ray_session, metadata, tmp_path, mon
 
 
 def test_cli_run_of_a_sql_plan_starts_no_ray(metadata, tmp_path):
-    """In a process of its own (the test session's Ray is not there), `curate run` never imports
-    Ray's worker machinery: ``ray.is_initialized()`` stays false through the whole run."""
+    """In a process of its own (the test session's Ray is not there), `curate run` never starts Ray:
+    ``ray.is_initialized()`` is still false when the run has finished."""
     out = tmp_path / "run"
     script = (
         "import sys, ray\n"
