@@ -7,20 +7,27 @@ nothing of models.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
-
-import inflect
 
 from captioners.gbc_geometry import BoxT, overlaps_both_ways, union_box
 from schemas.gbc import Box, Edge, Graph, NodeCaption, Vertex
 
-_INFLECT = inflect.engine()
 FULL_BOX: BoxT = (0.0, 0.0, 1.0, 1.0)
+
+
+@functools.cache
+def _inflect_engine():
+    # inflect's import takes about 3 s (typeguard instruments it); every `curate` command loads the
+    # step registry, so it is imported when a GBC caption first needs it, not with the module.
+    import inflect
+
+    return inflect.engine()
 
 
 def singular(text: str) -> str:
     """``blue squares`` -> ``blue square``; already singular text is returned as is."""
-    return _INFLECT.singular_noun(text) or text
+    return _inflect_engine().singular_noun(text) or text
 
 
 def child_id(parent: str, text: str) -> str:

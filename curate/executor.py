@@ -35,11 +35,11 @@ from curate.crashpoints import CrashPlan, crash_point
 from curate.parts import assemble_shard, part_folder, remove_parts, write_parts
 from curate.plan import Plan, Stage
 from curate.progress import StageProgress
-from curate.readers.base import ShardRef, fetch_images, read_shard
+from curate.readers.base import ShardRef, fetch_images, read_shard, source_array_columns
 from curate.shard_tasks import ShardTasks
 from curate.shard_work import ShardWork
 from curate.sink import SinkContext, write_final_shard
-from curate.stage_store import StageStore, load_shard, stage_columns
+from curate.stage_store import StageStore, load_shard, stage_columns, stored_in_source
 from curate.steps import StepRunner, seen_mask
 from schemas.tables import RETRYABLE_STATUSES
 
@@ -62,6 +62,10 @@ class StageJob:
     step_ids: tuple[str, ...]  # the steps of this stage (a row it failed retryably is retried after it)
     needs_pixels: bool
     pixel_rows: str
+    named_columns: tuple[str, ...]  # columns steps name (``*_column``): stage 0 reads and stores them
+    # Whether the stage's input carries every array its source keeps (``source_array_columns``), not
+    # only the named ones: in the last stage, when the sink copies them into the output.
+    source_arrays: bool
     sink: SinkContext | None  # set in the last stage: finished shards go straight to the sink
     crash: CrashPlan
 
@@ -82,8 +86,10 @@ def _only_rows(table: pa.Table, rows: list[int] | None) -> pa.Table:
 def load_stage_input(job: StageJob, ref: ShardRef, rows: list[int] | None = None) -> pa.Table:
     """A shard (or ``rows`` of it) as the stage's first operation sees it."""
     if job.stage_index == 0:
-        return _only_rows(read_shard(ref), rows)
-    table = _only_rows(load_shard([_store(p) for p in job.earlier], ref.index), rows)
+        wanted = {*job.named_columns, *job.declared}
+        named = None if job.source_arrays else [c for c in source_array_columns(ref) if c in wanted]
+        return _only_rows(read_shard(ref, named), rows)
+    table = _only_rows(load_shard([_store(p) for p in job.earlier], ref, job.source_arrays), rows)
     if not job.needs_pixels:
         return table
     wanted = pc.indices_nonzero(seen_mask(table, job.pixel_rows).combine_chunks())
@@ -121,9 +127,14 @@ def retry_rows(table: pa.Table, step_ids: tuple[str, ...]) -> list[int]:
 
 def commit_shard(job: StageJob, work: ShardWork, table: pa.Table) -> dict | None:
     """Write a shard's stage output and marker (and its final shard, in the last stage)."""
-    columns = stage_columns(table, list(job.input_columns), set(job.declared), first=job.stage_index == 0)
+    first = job.stage_index == 0
+    output = table.select(stage_columns(table, list(job.input_columns), set(job.declared), first=first))
+    in_source, order = stored_in_source(output, work.ref, {*job.named_columns, *job.declared}) if first else ([], None)
+    if order is not None:  # stored and sunk in the order a later load gives them
+        output = output.select([c for c in order if c in output.column_names])
+        table = table.select([*output.column_names, *(c for c in table.column_names if c not in order)])
     retry = retry_rows(table, job.step_ids)
-    version = _store(job.store).write(work.ref.index, table.select(columns), list(work.inputs), retry)
+    version = _store(job.store).write(work.ref.index, output, list(work.inputs), retry, in_source, order)
     crash_point("stage_written", job.crash)
     return write_final_shard(job.sink, work.ref, table, version) if job.sink is not None else None
 
@@ -132,7 +143,7 @@ def finish_stage_shard(job: StageJob, work: ShardWork, part_paths: list[str], ro
     """Assemble a finished shard's parts (with the rows it keeps of its previous output) and commit it."""
     base = None
     if work.redo is not None:
-        previous = load_shard([_store(p) for p in (*job.earlier, job.store)], work.ref.index)
+        previous = load_shard([_store(p) for p in (*job.earlier, job.store)], work.ref, job.source_arrays)
         redo = pa.array(work.redo, previous.schema.field("row_in_shard").type)
         base = previous.filter(pc.invert(pc.is_in(previous["row_in_shard"], redo)))
     counters = commit_shard(job, work, assemble_shard(part_paths, rows, base))
@@ -169,7 +180,8 @@ def decide_shard(job: StageJob, fingerprint: str, operations: list[dict], work: 
 
 def sink_cached_shard(stores: list[str], sink: SinkContext, ref: ShardRef, version: str) -> dict:
     """The final shard from cached stage outputs (the last stage was already computed)."""
-    return write_final_shard(sink, ref, load_shard([_store(p) for p in stores], ref.index), version)
+    arrays = sink.output.source_arrays == "copy"
+    return write_final_shard(sink, ref, load_shard([_store(p) for p in stores], ref, arrays), version)
 
 
 def runner_kwargs(op, states: dict) -> dict:

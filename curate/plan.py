@@ -111,6 +111,19 @@ class Plan:
     def global_operations(self) -> list[Operation]:
         return [s.barrier for s in self.stages if s.barrier is not None]
 
+    @property
+    def columns_named_by_steps(self) -> tuple[str, ...]:
+        """The columns steps read by name (their ``*_column`` params, defaults included). A step reads
+        an array of the source (DataComp's ``l14_img``) only by naming it: stage 0 reads and stores
+        the named ones (a barrier's SQL reads them from stored stage outputs), the others stay in the source."""
+        names: set[str] = set()
+        for spec in self.recipe.steps:
+            params = get_step(spec.name).params_model(**spec.params)
+            for key, value in params.model_dump().items():
+                if key.endswith("_column") and isinstance(value, str):
+                    names.add(value)
+        return tuple(sorted(names))
+
     def describe(self) -> str:
         lines = [
             f"plan of {self.recipe.name!r}: {len(self.stages)} stage(s), output layout {self.recipe.output.layout}"

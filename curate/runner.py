@@ -212,6 +212,8 @@ def _run_stages(plan: Plan, run: RunDir, shards: list[ShardRef], crash: CrashPla
                 step_ids=tuple(op.step_id for op in stage.operations),
                 needs_pixels=stage.needs_pixels,
                 pixel_rows=stage.pixel_rows,
+                named_columns=plan.columns_named_by_steps,
+                source_arrays=stage.is_last and plan.recipe.output.source_arrays == "copy",
                 sink=sink if stage.is_last else None,
                 crash=crash,
             )

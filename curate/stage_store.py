@@ -1,7 +1,8 @@
 """Stage outputs: per input shard, a Parquet of the columns a stage added, and a done-marker.
 
     RUN/_cache/stage1-<fingerprint>/00000003.parquet    shard_index, row_in_shard + the columns it wrote
-    RUN/_cache/stage1-<fingerprint>/_done/00000003.json {"rows", "columns", "version", "inputs", "retry"}, last
+    RUN/_cache/stage1-<fingerprint>/_done/00000003.json {"rows", "columns", "version", "inputs", "retry"
+                                                         [, "in_source", "order"]}, written last
     RUN/_cache/stage1-<fingerprint>/_parts/00000003-<attempt>/*.arrow  rows of an attempt in flight
     RUN/_cache/barrier1-<step>-<fingerprint>/state.json  a barrier's global state (+ artifacts/)
 
@@ -14,7 +15,12 @@ and keeps the others. Parts of an attempt that a kill interrupted stay in ``_par
 the attempt computes, and a resumed run computes only the rows they do not hold.
 
 Stage 0 stores every column the reader produced and its steps added, except the image bytes
-(those stay in the source and are fetched again by byte range when needed). A later stage stores
+(those stay in the source and are fetched again by byte range when needed) and the source's
+arrays that its reader reads again alone for less than storing costs (DataComp's embeddings:
+``array_columns``), unless a step names one in a ``*_column`` param (a step reads a source array
+only by naming it; a barrier's SQL reads it from the stored files). Those the marker lists as
+``in_source``, with the stage's column ``order`` (the arrays last), and loading the shard reads
+them again from the source when asked (the sink copying them). A later stage stores
 the bookkeeping columns (status, keep, decisions, ...), the columns its steps declare they modify
 and the columns they add. A shard's table as of the end of stage k is stage 0's file with the
 columns of stages 1..k laid over it, row by row (rows never change: one per input sample).
@@ -36,6 +42,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.readers.base import ShardRef, read_source_arrays, source_array_columns
 from schemas.tables import HEAVY_COLUMNS
 
 logger = logging.getLogger(__name__)
@@ -126,27 +133,42 @@ class StageStore:
         killed after its commit but before it removed them, or ones orphaned workers wrote late."""
         shutil.rmtree(self.parts_root, ignore_errors=True)
 
-    def columns(self) -> list[str]:
-        """Every column this stage stored, in first-seen order over its shards."""
+    def columns(self, *, stored_only: bool = False) -> list[str]:
+        """Every column of this stage's output (``stored_only``: in its files, not ``in_source``),
+        in first-seen order over its shards."""
         seen: dict[str, None] = {}
         for path in sorted(self.done.glob("*.json")):
-            for name in json.loads(path.read_text())["columns"]:
+            marker = json.loads(path.read_text())
+            names = marker["columns"] if stored_only else marker.get("order", marker["columns"])
+            for name in names:
                 seen.setdefault(name, None)
         return list(seen)
 
-    def write(self, shard_index: int, table: pa.Table, inputs: list[str], retry: list[int]) -> str:
-        """The stage's columns of one shard, then its marker (the marker vouches for the data);
-        returns the new version."""
+    def write(
+        self,
+        shard_index: int,
+        table: pa.Table,
+        inputs: list[str],
+        retry: list[int],
+        in_source: list[str] = (),
+        order: list[str] | None = None,
+    ) -> str:
+        """The stage's columns of one shard but those ``in_source`` (read again from the source when
+        the shard is loaded; ``order`` places them among the others), then its marker (the marker
+        vouches for the data); returns the new version."""
         self.root.mkdir(parents=True, exist_ok=True)
-        write_parquet_atomic(table, self.data_path(shard_index))
+        stored = table.drop_columns([c for c in in_source if c in table.column_names])
+        write_parquet_atomic(stored, self.data_path(shard_index))
         version = uuid.uuid4().hex
         marker = {
             "rows": table.num_rows,
-            "columns": table.column_names,
+            "columns": stored.column_names,
             "version": version,
             "inputs": inputs,
             "retry": retry,
         }
+        if in_source:
+            marker.update(in_source=list(in_source), order=list(order or table.column_names))
         atomic_write_bytes(self.marker(shard_index), json.dumps(marker).encode())
         return version
 
@@ -182,12 +204,39 @@ def overlay(base: pa.Table, layer: pa.Table) -> pa.Table:
     return base
 
 
-def load_shard(stores: list[StageStore], shard_index: int) -> pa.Table:
-    """A shard's table as of the end of the last of ``stores`` (stage 0 first)."""
-    table = stores[0].read(shard_index)
+def load_shard(stores: list[StageStore], ref: ShardRef, source_arrays: bool = True) -> pa.Table:
+    """A shard's table as of the end of the last of ``stores`` (stage 0 first); without the
+    arrays stage 0 left in the source unless ``source_arrays``."""
+    table = stores[0].read(ref.index)
+    marker = stores[0].read_marker(ref.index) or {}
+    if marker.get("in_source") and source_arrays:
+        arrays = read_source_arrays(ref, marker["in_source"])
+        if arrays.num_rows != table.num_rows:
+            raise RuntimeError(
+                f"{ref.path!r} has {arrays.num_rows} rows of {marker['in_source']} but its stage 0 output "
+                f"{table.num_rows}: the source changed under the run; remove RUN/_cache"
+            )
+        for name in arrays.column_names:
+            table = table.append_column(arrays.schema.field(name), arrays[name])
+        table = table.select(marker["order"])
     for store in stores[1:]:
-        table = overlay(table, store.read(shard_index))
+        table = overlay(table, store.read(ref.index))
     return table
+
+
+def stored_in_source(table: pa.Table, ref: ShardRef, named: set[str]) -> tuple[list[str], list[str]]:
+    """The columns of stage 0's output ``table`` that stay in the source: the reader's arrays
+    (``source_array_columns``) but those a step names (``named``: stage 0 read them, and a
+    barrier's SQL may read them); and the output's column order with all of them, which is the same
+    whether stage 0 read them or not: the arrays last, in the reader's order. (None, None) when the
+    reader has no such arrays."""
+    arrays = source_array_columns(ref)
+    if not arrays:
+        return [], None
+    missing = sorted(c for c in arrays if c in named and c not in table.column_names)
+    if missing:
+        raise RuntimeError(f"stage 0 of {ref.path!r} did not read {missing}, which a step names")
+    return [c for c in arrays if c not in named], [c for c in table.column_names if c not in arrays] + arrays
 
 
 def _sql_literal(path: str) -> str:
@@ -201,7 +250,7 @@ def staged_view_sql(stores: list[StageStore]) -> str:
 
     latest: dict[str, int] = {}
     for j, store in enumerate(stores):
-        for name in store.columns():
+        for name in store.columns(stored_only=True):
             if name not in KEY_COLUMNS:
                 latest[name] = j
     select = ", ".join(

@@ -73,6 +73,10 @@ class OutputSpec(StrictModel):
     tokens_per_batch: PositiveInt = 2**14  # the loader's constant tokens per step
     curriculum: Literal["grow_p2", "uniform"] = "grow_p2"
     split: SplitSpec | None = None  # e.g. one shard set per MoDE data expert
+    # copy: the sidecars hold every column, the source's arrays too (DataComp's npz embeddings: 2.5
+    # KB a row). leave: those stay in the source, row-aligned with each sidecar by row_in_shard
+    # (``source`` names the file); nothing else changes.
+    source_arrays: Literal["copy", "leave"] = "copy"
 
     @field_validator("layout")
     @classmethod

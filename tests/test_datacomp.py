@@ -15,16 +15,19 @@ import faiss
 import fasttext
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from curate.config import validate_recipe
+from curate.config import load_recipe, load_recipe_data, validate_recipe
 from curate.readers.base import InputError
 from curate.runner import run_recipe
 from curate.subset import read_subset, subset_report, subset_to_uids, write_subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from datacomp_meta import make_datacomp_metadata  # noqa: E402
+from run_helpers import finish, start_cli  # noqa: E402
 
 FRACTION = 0.3
 NUM_CLUSTERS = 12
@@ -167,6 +170,72 @@ def test_subset_file_is_datacomps_format(datacomp_run):
     arr = read_subset(result.run_dir.root / "subset.npy")
     assert arr.dtype == np.dtype("u8,u8") and np.array_equal(np.sort(arr), arr)
     assert result.stats["subset"]["uids"] == len(arr) == result.stats["written"]
+
+
+def _npz_rows(sidecar: pa.Table, column: str) -> np.ndarray:
+    flat = sidecar[column].combine_chunks().flatten().to_numpy()
+    return flat.reshape(sidecar.num_rows, -1)
+
+
+def test_embeddings_stay_in_the_source_unless_a_global_step_names_them(datacomp_run, metadata):
+    """Stage 0 does not store b32_img, which no global step names: its marker lists it ``in_source``
+    and loading the shard reads it again from the npz. It does store l14_img, which image_based
+    names, because the barrier's SQL reads it. The sidecars (``source_arrays: copy``) hold both,
+    row for row as the npz has them."""
+    result, _ = datacomp_run
+    root = result.run_dir.root
+    stage0 = next((root / "_cache").glob("stage0-*"))
+    sources = sorted(metadata.glob("*.parquet"))
+    for index, source in enumerate(sources):
+        marker = json.loads((stage0 / "_done" / f"{index:08d}.json").read_text())
+        stored = pq.read_schema(stage0 / f"{index:08d}.parquet").names
+        assert marker["in_source"] == ["b32_img"] and "b32_img" in marker["order"]
+        assert "b32_img" not in stored and "l14_img" in stored and marker["columns"] == stored
+        sidecar = pq.read_table(root / "shards" / f"{index:08d}.parquet")
+        npz = np.load(source.with_suffix(".npz"))
+        rows = sidecar["row_in_shard"].to_numpy()
+        for column in ("b32_img", "l14_img"):
+            np.testing.assert_array_equal(_npz_rows(sidecar, column), npz[column][rows])
+
+
+def _clip_score_run(metadata: Path, out: Path, mode: str):
+    recipe = load_recipe(
+        "datacomp_clip_score",
+        [f"output.source_arrays={mode}"],
+        input_path=f"{metadata}/*.parquet",
+        output_path=str(out),
+    )
+    return run_recipe(recipe)
+
+
+def test_source_arrays_leave_writes_everything_but_the_embeddings(ray_session, metadata, tmp_path):
+    """The DataComp recipes leave the npz embeddings in the input: their sidecars equal those of a
+    run that copies them, less those columns, and the subset is the same."""
+    assert load_recipe_data("datacomp_clip_score")["output"]["source_arrays"] == "leave"
+    runs = {mode: _clip_score_run(metadata, tmp_path / mode, mode).run_dir.root for mode in ("leave", "copy")}
+    assert (runs["leave"] / "subset.npy").read_bytes() == (runs["copy"] / "subset.npy").read_bytes()
+    for leave_path in sorted((runs["leave"] / "shards").glob("*.parquet")):
+        left = pq.read_table(leave_path)
+        copied = pq.read_table(runs["copy"] / "shards" / leave_path.name)
+        assert "l14_img" in copied.column_names and "b32_img" in copied.column_names
+        assert left.equals(copied.drop_columns(["l14_img", "b32_img"]))
+
+
+def test_a_killed_run_with_embeddings_in_the_source_resumes_to_the_same_sidecars(ray_session, metadata, tmp_path):
+    """Killed after its second stage-0 shard (their markers name the arrays left in the source),
+    the copy run resumes and writes the sidecars an uninterrupted run writes, embeddings included."""
+    reference = _clip_score_run(metadata, tmp_path / "whole", "copy").run_dir.root
+    out = tmp_path / "killed"
+    pattern = f"{metadata}/*.parquet"
+    overrides = ["output.source_arrays=copy"]
+    killed = start_cli("datacomp_clip_score", pattern, out, ray_session, overrides, crash_at="stage_written:2")
+    finish(killed)
+    assert killed.returncode != 0 and not (out / "subset.npy").exists()
+    resumed = start_cli("datacomp_clip_score", pattern, out, ray_session, overrides)
+    assert "Traceback" not in finish(resumed) and resumed.returncode == 0
+    assert (out / "subset.npy").read_bytes() == (reference / "subset.npy").read_bytes()
+    for path in sorted((reference / "shards").glob("*.parquet")):
+        assert pq.read_table(out / "shards" / path.name).equals(pq.read_table(path)), path.name
 
 
 def test_bad_datacomp_inputs_fail_before_work(metadata, tmp_path):

@@ -299,6 +299,28 @@ def test_datacomp_columns_read_as_the_row_path_reads_them(tmp_path: Path) -> Non
     assert read_datacomp_shard(ref).select(SAMPLE_COLUMNS).equals(rows)
 
 
+@pytest.mark.parametrize("odd", [None, float("nan"), float("inf")])
+def test_datacomp_meta_of_empty_null_and_full_values_equals_the_row_path(tmp_path: Path, odd) -> None:
+    """``meta`` without a Python call per row for null and empty-list values, and without
+    ``json_safe`` for plain ones: every mix of them over two list columns and a scalar one gives the
+    row path's JSON, row by row, also with a value JSON cannot hold (NaN, inf: null in both)."""
+    from curate.readers import datacomp_reader
+
+    table = _as_datacomp_writes_it(tmp_path / "00000004")
+    faces = [[], None, [[0.5, 0.25, 1.0, 0.75]], [], None, [[0.1, 0.2, 0.3, 0.4 if odd is None else odd]], []]
+    tags = [[], [], None, None, ["a", "b"], [], ["c"]]
+    notes = [None, "x", None, None, "y", None, None]
+    table = table.set_column(table.schema.get_field_index("face_bboxes"), "face_bboxes", pa.array(faces))
+    table = table.append_column("tags", pa.array(tags, pa.list_(pa.string())))
+    table = table.append_column("notes", pa.array(notes, pa.string()))
+    ref = ShardRef(4, str(tmp_path / "00000004.parquet"), "datacomp")
+    meta = ["face_bboxes", "tags", "notes"]
+    columnar = datacomp_reader._columnar_samples(table, ref, "text", meta)
+    rows = datacomp_reader._row_samples(table, ref, "text", meta)
+    assert columnar["meta"].to_pylist() == rows["meta"].to_pylist()
+    assert len(set(rows["meta"].to_pylist())) == 7  # every row a different mix
+
+
 @pytest.mark.parametrize(
     "change",
     ["uppercase uid", "uid not hex", "null uid", "status column", "float sizes", "numeric caption"],

@@ -6,7 +6,9 @@ index of the output shard it produces, which is what makes runs resumable and de
 Each format is a reader registered by name (``curate.registry.register_reader``) with
 ``read(ref) -> table`` and ``fetch_images(ref, rows) -> bytes per row``: the second re-reads a
 sample's image bytes from the source (by byte range where the format allows it), so that stages
-after the first, and the sink, carry no pixels between stages.
+after the first, and the sink, carry no pixels between stages. A reader may also have
+``array_columns(ref)`` and ``read_arrays(ref, names)``: columns it reads again alone for less than
+storing them costs (DataComp's memory-mapped embeddings), which stage caches leave in the source.
 """
 
 from __future__ import annotations
@@ -117,15 +119,31 @@ def _reader(ref: ShardRef):
     return get_reader(ref.format).cls()
 
 
-def read_shard(ref: ShardRef) -> pa.Table:
-    """Read one shard into a sample table; unreadable samples become failed rows, never errors."""
-    return _reader(ref).read(ref)
+def read_shard(ref: ShardRef, arrays: list[str] | None = None) -> pa.Table:
+    """Read one shard into a sample table; unreadable samples become failed rows, never errors.
+    ``arrays``: only these of its ``source_array_columns`` (None: all of them)."""
+    reader = _reader(ref)
+    if arrays is not None and hasattr(reader, "array_columns"):
+        return reader.read(ref, arrays)
+    return reader.read(ref)
 
 
 def fetch_images(ref: ShardRef, rows: pa.Table) -> list[bytes | None]:
     """The image bytes of ``rows`` (a sample table's rows of this shard, without ``image``), read
     again from the source shard; None for a row without an image."""
     return _reader(ref).fetch_images(ref, rows)
+
+
+def source_array_columns(ref: ShardRef) -> list[str]:
+    """Columns of ``read_shard(ref)`` that its reader can read again by themselves, cheaply
+    (``array_columns``: DataComp's embeddings); none for a reader without them."""
+    reader = _reader(ref)
+    return list(reader.array_columns(ref)) if hasattr(reader, "array_columns") else []
+
+
+def read_source_arrays(ref: ShardRef, names: list[str]) -> pa.Table:
+    """Columns of ``source_array_columns(ref)``, as ``read_shard`` makes them, in ``names`` order."""
+    return _reader(ref).read_arrays(ref, names)
 
 
 def preflight(shards: list[ShardRef], column_params: dict[str, str] | None = None) -> None:

@@ -18,6 +18,7 @@ uncompressed in a local npz (``np.savez``) are memory-mapped, others are read on
 
 from __future__ import annotations
 
+import json
 import logging
 import zipfile
 from dataclasses import dataclass
@@ -148,29 +149,61 @@ def _checked_npz(npz_path: str, parquet_path: str, rows: int) -> list[NpzMember]
     return members
 
 
-def _npz_columns(npz_path: str, members: list[NpzMember], taken: set[str]) -> dict[str, pa.Array]:
-    columns: dict[str, pa.Array] = {}
+def _npz_names(npz_path: str, members: list[NpzMember], taken: set[str]) -> list[tuple[str, NpzMember]]:
+    """The column name of each numeric array of the npz (``npz_`` + its name where that is taken)."""
+    named: list[tuple[str, NpzMember]] = []
     for m in members:
         if not np.issubdtype(m.dtype, np.number) or np.issubdtype(m.dtype, np.complexfloating):
             logger.warning("%s: array %r has dtype %s, not numeric; skipped", npz_path, m.name, m.dtype)
             continue
-        name = m.name if m.name not in taken and m.name not in columns else f"npz_{m.name}"
-        columns[name] = embedding_array(load_npz_array(npz_path, m))
-    return columns
+        names = {name for name, _ in named}
+        named.append((m.name if m.name not in taken and m.name not in names else f"npz_{m.name}", m))
+    return named
 
 
-def read_datacomp_shard(ref: ShardRef) -> pa.Table:
-    table = read_parquet_table(ref.path)
-    n = table.num_rows
-    npz_path = ref.path.rsplit(".", 1)[0] + ".npz"
-    members = _checked_npz(npz_path, ref.path, n)  # before any work: a misaligned shard fails fast
-    names = table.column_names
-    caption_col = next((c for c in CAPTION_COLUMNS if c in names), None)
-    score_cols = [
+def _npz_columns(
+    npz_path: str, members: list[NpzMember], taken: set[str], skip: set[str] = frozenset()
+) -> dict[str, pa.Array]:
+    named = _npz_names(npz_path, members, taken)
+    return {name: embedding_array(load_npz_array(npz_path, m)) for name, m in named if name not in skip}
+
+
+def _score_columns(schema: pa.Schema, caption_col: str | None) -> list[str]:
+    """Float columns of the parquet that no sample column takes: DataComp's CLIP scores."""
+    return [
         f.name
-        for f in table.schema
+        for f in schema
         if pa.types.is_floating(f.type) and f.name not in SAMPLE_COLUMNS and f.name != caption_col
     ]
+
+
+def _caption_column(names: list[str]) -> str | None:
+    return next((c for c in CAPTION_COLUMNS if c in names), None)
+
+
+def _npz_path(ref: ShardRef) -> str:
+    return ref.path.rsplit(".", 1)[0] + ".npz"
+
+
+def _embedding_names(ref: ShardRef) -> tuple[set[str], list[tuple[str, NpzMember]]]:
+    """The columns ``read_datacomp_shard`` makes of the npz's 2-D arrays, from headers alone."""
+    import pyarrow.parquet as pq
+
+    with fsspec.open(ref.path, "rb") as f:
+        schema = pq.read_schema(f)
+    taken = {*SAMPLE_COLUMNS, *_score_columns(schema, _caption_column(schema.names))}
+    members = index_npz(_npz_path(ref)) or []
+    return taken, [(name, m) for name, m in _npz_names(_npz_path(ref), members, taken) if len(m.shape) == 2]
+
+
+def read_datacomp_shard(ref: ShardRef, arrays: list[str] | None = None) -> pa.Table:
+    """The shard's sample table; ``arrays``: only these of its embedding columns (None: all)."""
+    table = read_parquet_table(ref.path)
+    n = table.num_rows
+    npz_path = _npz_path(ref)
+    members = _checked_npz(npz_path, ref.path, n)  # before any work: a misaligned shard fails fast
+    caption_col = _caption_column(table.column_names)
+    score_cols = _score_columns(table.schema, caption_col)
     consumed = {caption_col, "uid", *TAKEN_COLUMNS, *score_cols}
     meta_cols = [f.name for f in table.schema if f.name not in consumed and not is_binary_type(f.type)]
     out = _columnar_samples(table, ref, caption_col, meta_cols)
@@ -178,7 +211,10 @@ def read_datacomp_shard(ref: ShardRef) -> pa.Table:
         out = _row_samples(table, ref, caption_col, meta_cols)
     for name in score_cols:
         out = out.append_column(pa.field(name, pa.float32()), table.column(name).cast(pa.float32()))
-    for name, array in _npz_columns(npz_path, members, set(out.column_names)).items():
+    taken = set(out.column_names)
+    embeddings = {name for name, m in _npz_names(npz_path, members, taken) if len(m.shape) == 2}
+    skip = set() if arrays is None else embeddings - set(arrays)
+    for name, array in _npz_columns(npz_path, members, taken, skip).items():
         out = out.append_column(name, array)
     logger.debug("%s: %d rows, extra columns %s", ref.path, n, out.column_names[len(SAMPLE_COLUMNS) :])
     return out
@@ -242,11 +278,6 @@ def _columnar_samples(table: pa.Table, ref: ShardRef, caption_col: str | None, m
             return pa.nulls(n, field.type)
         return table[name].cast(field.type)
 
-    values = [table[c].to_pylist() for c in meta_cols]
-    meta = [
-        meta_json({c: v for c, v in zip(meta_cols, row, strict=True) if v is not None})
-        for row in zip(*values, strict=True)
-    ]
     by_name = {
         "uid": uid.cast(pa.string()),
         "source": pa.array(np.full(n, ref.path, dtype=object), pa.string()),
@@ -255,7 +286,7 @@ def _columnar_samples(table: pa.Table, ref: ShardRef, caption_col: str | None, m
         "shard_rows": pa.array(np.full(n, n, dtype=np.int32)),
         "caption": column(caption_col, SAMPLE_SCHEMA.field("caption")),
         "status": pa.array(np.full(n, STATUS_SUCCESS, dtype=object), pa.string()),
-        "meta": pa.array(meta if meta_cols else [None] * n, pa.string()),
+        "meta": _meta_column(table, meta_cols),
         "keep": pa.array(np.ones(n, dtype=bool)),
         "decisions": pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], DECISION_TYPE)),
     }
@@ -266,6 +297,57 @@ def _columnar_samples(table: pa.Table, ref: ShardRef, caption_col: str | None, m
     return pa.Table.from_arrays(arrays, schema=SAMPLE_SCHEMA)
 
 
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def _meta_column(table: pa.Table, meta_cols: list[str]) -> pa.Array:
+    """``meta`` as ``_row_samples`` builds it (``meta_json`` of the row's non-null values). Rows
+    whose every meta value is null or an empty list (in DataComp, the ``face_bboxes`` of an image
+    with no face: most rows) have one of a few JSON texts, found without a Python call per row;
+    only the others go through ``meta_json`` one by one."""
+    n = table.num_rows
+    if not meta_cols:
+        return pa.nulls(n, pa.string())
+    trivial = np.ones(n, dtype=bool)
+    pattern = np.zeros(n, dtype=np.int64)  # bit j: meta column j holds an empty list (not null)
+    for j, name in enumerate(meta_cols):
+        column = table[name]
+        null = pc.is_null(column).to_numpy(zero_copy_only=False)
+        empty = np.zeros(n, dtype=bool)
+        if _is_list(column.type):
+            empty = pc.fill_null(pc.equal(pc.list_value_length(column), 0), False).to_numpy(zero_copy_only=False)
+        trivial &= null | empty
+        pattern |= empty.astype(np.int64) << j
+    texts = np.empty(n, dtype=object)
+    for bits in np.unique(pattern[trivial]):
+        texts[trivial & (pattern == bits)] = meta_json({c: [] for j, c in enumerate(meta_cols) if bits >> j & 1})
+    rest = np.flatnonzero(~trivial)
+    if len(rest):
+        taken = [table[c].take(pa.array(rest)) for c in meta_cols]
+        # Values json_safe would return unchanged (numbers, finite; text; lists of them) go to
+        # json.dumps as they are: the same text, at half the cost.
+        encode = _plain_json if all(_is_plain(v) for v in taken) else meta_json
+        values = [v.to_pylist() for v in taken]
+        for i, row in zip(rest, zip(*values, strict=True), strict=True):
+            texts[i] = encode({c: v for c, v in zip(meta_cols, row, strict=True) if v is not None})
+    return pa.array(texts, pa.string())
+
+
+def _plain_json(meta: dict[str, Any]) -> str | None:
+    return json.dumps(meta, sort_keys=True, ensure_ascii=False) if meta else None
+
+
+def _is_plain(values: pa.ChunkedArray | pa.Array) -> bool:
+    """Whether every value is a number (finite), a bool, a text or a list of those."""
+    while _is_list(values.type):
+        values = pc.list_flatten(values)
+    t = values.type
+    if pa.types.is_floating(t):
+        return pc.all(pc.fill_null(pc.is_finite(values), True)).as_py() is not False
+    return pa.types.is_integer(t) or pa.types.is_boolean(t) or _is_text(t) or pa.types.is_null(t)
+
+
 def check_datacomp_shard(ref: ShardRef) -> None:
     """Row alignment of a shard's parquet and npz from their headers alone (no data is read)."""
     import fsspec
@@ -273,18 +355,32 @@ def check_datacomp_shard(ref: ShardRef) -> None:
 
     with fsspec.open(ref.path, "rb") as f:
         rows = pq.read_metadata(f).num_rows
-    _checked_npz(ref.path.rsplit(".", 1)[0] + ".npz", ref.path, rows)
+    _checked_npz(_npz_path(ref), ref.path, rows)
 
 
 @register_reader("datacomp", suffixes=(".parquet",), has_images=False)
 class DataCompReader:
     """DataComp metadata: parquet + row-aligned npz of embeddings; no images."""
 
-    def read(self, ref: ShardRef) -> pa.Table:
-        return read_datacomp_shard(ref)
+    def read(self, ref: ShardRef, arrays: list[str] | None = None) -> pa.Table:
+        return read_datacomp_shard(ref, arrays)
 
     def fetch_images(self, ref: ShardRef, rows: pa.Table) -> list[bytes | None]:
         return [None] * rows.num_rows  # metadata only: reshard the subset against the downloaded pool
+
+    def array_columns(self, ref: ShardRef) -> list[str]:
+        """The embedding columns (the npz's 2-D arrays), which ``read_arrays`` reads again alone:
+        memory-mapped, they cost less to read again than to store (``curate.stage_store``)."""
+        return [name for name, _ in _embedding_names(ref)[1]]
+
+    def read_arrays(self, ref: ShardRef, names: list[str]) -> pa.Table:
+        """Columns of ``array_columns`` exactly as ``read`` makes them, without the rest of the shard."""
+        _, named = _embedding_names(ref)
+        by_name = dict(named)
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise InputError(f"input.path: {_npz_path(ref)!r} no longer has the arrays {missing}; the source changed")
+        return pa.table({n: embedding_array(load_npz_array(_npz_path(ref), by_name[n])) for n in names})
 
     def preflight(self, refs: list[ShardRef], column_params: dict[str, str]) -> None:
         """Row alignment of every shard, and that the columns steps read exist in the metadata (a

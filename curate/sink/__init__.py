@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.crashpoints import CrashPlan, crash_point
-from curate.readers.base import ShardRef, fetch_images
+from curate.readers.base import ShardRef, fetch_images, source_array_columns
 from curate.registry import get_layout
 from curate.rundir import RunDir, atomic_write_text
 from curate.stage_store import write_sample_parquet
@@ -88,6 +88,8 @@ def write_final_shard(ctx: SinkContext, ref: ShardRef, table: pa.Table, stage_ve
     run, output = ctx.run, ctx.output
     layout = get_layout(output.layout)
     name = shard_name(ref.index)
+    if output.source_arrays == "leave":  # no file of the output holds them: they stay in the source
+        table = table.drop_columns([c for c in source_array_columns(ref) if c in table.column_names])
     if layout.writes_images:
         table = with_images(ref, table)
     keep = table["keep"].to_pylist()
