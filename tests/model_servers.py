@@ -74,8 +74,10 @@ class _Broken(http.server.BaseHTTPRequestHandler):
         self.rfile.read(length)
         if self.mode == "error":
             self._json(503, b'{"error": {"message": "the model fell over", "type": "server_error"}}')
-        elif self.mode == "hang":
+        elif self.mode == "hang" or (self.mode == "error_then_hang" and type(self).calls > 1):
             time.sleep(30)
+        elif self.mode == "error_then_hang":
+            self._json(503, b'{"error": {"message": "the model fell over", "type": "server_error"}}')
         elif self.mode == "reset":
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             self.connection.close()
@@ -96,10 +98,10 @@ class _Broken(http.server.BaseHTTPRequestHandler):
 
 @contextlib.contextmanager
 def broken_server(mode: str) -> Iterator[tuple[str, type[_Broken]]]:
-    """A server that answers every request badly (``error``: 503, ``hang``: never, ``reset``: closes
-    the connection, ``bad_request``: 400, ``pinned``: 400 in FastAPI's shape, ``not_found``: 404, a model the server
-    does not have); yields
-    (base URL, handler class with its call count)."""
+    """A server that answers every request badly (``error``: 503, ``hang``: never, ``error_then_hang``:
+    503 to the first request and never to the others, ``reset``: closes the connection, ``bad_request``:
+    400, ``pinned``: 400 in FastAPI's shape, ``not_found``: 404, a model the server does not have);
+    yields (base URL, handler class with its call count)."""
     handler = type(f"Broken_{mode}", (_Broken,), {"mode": mode, "calls": 0})
     with _serving(handler) as url:
         yield url, handler

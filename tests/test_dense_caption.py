@@ -419,6 +419,21 @@ def test_a_hung_endpoint_costs_a_batch_one_wave_of_timeouts_not_one_per_request(
         assert handler.calls == 7 and not any(a.transient for a in answers)
 
 
+def test_after_a_failure_no_request_is_sent_until_those_in_flight_have_answered():
+    """How many requests a failing endpoint is sent does not depend on which fails first: here the
+    first fails at once and the second hangs until its timeout. Sending the third while the second
+    is still in flight would make three; waiting for the second's answer completes the streak of
+    ``give_up_after`` = 2, and the other eight are not sent."""
+    from PIL import Image
+
+    request = ChatRequest([{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (8, 8))}]}])
+    params = {"model": "m", "timeout_s": 1.0, "max_retries": 0, "concurrency": 2, "give_up_after": 2}
+    with broken_server("error_then_hang") as (url, handler):
+        answers = OpenAIBackend(OpenAIParams(base_url=url, **params)).generate([request] * 10)
+        assert handler.calls == 2, handler.calls
+        assert sum(a.error.startswith("not sent: 2 requests in a row failed") for a in answers) == 8
+
+
 def test_the_recipe_switches_to_the_openai_backend_with_the_documented_sets():
     """The `--set`s that pipelines/dense_caption.yaml and the README give make a valid recipe."""
     from curate.config import load_recipe

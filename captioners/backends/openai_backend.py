@@ -10,7 +10,9 @@ retries it); a 4xx other than those is a failure of the request itself; a wrong 
 (404, 401, 403) fails the run, naming the field. An endpoint that is down or hung does not cost
 every request its full timeout: once ``give_up_after`` requests in a row have failed transiently,
 the rest of the batch is not sent (its rows fail as transient, for the next run to retry), and each
-later batch first sends one request to see whether the endpoint is back. The API key is read from
+later batch first sends one request to see whether the endpoint is back. While requests are failing,
+no new one is sent until those in flight have answered, so how many are sent before giving up does
+not depend on which timeout fires first. The API key is read from
 the environment variable ``api_key_env`` and is never logged or written; local servers that want no
 key get ``"EMPTY"``.
 """
@@ -92,6 +94,8 @@ class OpenAIBackend:
         self._loop = asyncio.new_event_loop()
         self._client: Any = None
         self._failing = 0  # transient failures in a row; any answer resets it
+        self._in_flight = 0
+        self._settled: asyncio.Condition | None = None  # notified when a request in flight answers
         self._last_error = ""
         key_set = bool(os.environ.get(params.api_key_env))
         logger.info(
@@ -116,6 +120,7 @@ class OpenAIBackend:
     async def _generate_all(self, requests: list[ChatRequest]) -> list[Completion]:
         if self._client is None:
             self._client = self._make_client()  # bound to this backend's own event loop
+            self._settled = asyncio.Condition()
         if self._given_up() and requests:
             # The endpoint was failing: one request first, to see whether it is back.
             first = await self._counted(requests[0])
@@ -126,6 +131,10 @@ class OpenAIBackend:
 
         async def one(request: ChatRequest) -> Completion:
             async with gate:
+                async with self._settled:
+                    # After a failure, wait for the answers in flight before sending more: they may
+                    # complete the streak that gives up.
+                    await self._settled.wait_for(lambda: self._failing == 0 or self._in_flight == 0)
                 return self._not_sent() if self._given_up() else await self._counted(request)
 
         return list(await asyncio.gather(*(one(r) for r in requests)))
@@ -141,13 +150,19 @@ class OpenAIBackend:
         )
 
     async def _counted(self, request: ChatRequest) -> Completion:
-        answer = await self._generate_one(request)
-        if answer.transient:
-            self._failing += 1
-            self._last_error = answer.error or ""
-        else:
-            self._failing = 0
-        return answer
+        self._in_flight += 1
+        try:
+            answer = await self._generate_one(request)
+            if answer.transient:
+                self._failing += 1
+                self._last_error = answer.error or ""
+            else:
+                self._failing = 0
+            return answer
+        finally:
+            self._in_flight -= 1
+            async with self._settled:
+                self._settled.notify_all()
 
     async def _generate_one(self, request: ChatRequest) -> Completion:
         openai, p = self._openai, self.params
