@@ -12,7 +12,9 @@ marker, and, in the last stage, the final shard through the sink.
 A stage that only applies global decisions (or only reads, when a recipe starts with a global
 step) has no model to keep warm in an actor pool: it runs as one task per shard that reads,
 decides, writes and commits, with no rows moving through Ray Data at all. Per-shard tasks go to a
-``curate.shard_tasks`` pool: Ray tasks, or the driver's threads when no stage of the plan needs Ray.
+``curate.shard_tasks`` pool: Ray tasks, or a local pool when the plan needs no Ray. In a local pool
+every stage runs that way, its per-batch steps too (``compute_shard``): a process builds each step
+once and runs it over whole shards, in slices of the step's ``batch_size``.
 
 Nothing in the driver grows with the number of rows. Every output shard is a function of its
 input shard alone, so a shard redone after a kill is written exactly as it was the first time.
@@ -139,14 +141,18 @@ def commit_shard(job: StageJob, work: ShardWork, table: pa.Table) -> dict | None
     return write_final_shard(job.sink, work.ref, table, version) if job.sink is not None else None
 
 
+def _kept_of_previous(job: StageJob, work: ShardWork) -> pa.Table | None:
+    """The rows of the shard's previous stage output that this work keeps (all but ``work.redo``)."""
+    if work.redo is None:
+        return None
+    previous = load_shard([_store(p) for p in (*job.earlier, job.store)], work.ref, job.source_arrays)
+    redo = pa.array(work.redo, previous.schema.field("row_in_shard").type)
+    return previous.filter(pc.invert(pc.is_in(previous["row_in_shard"], redo)))
+
+
 def finish_stage_shard(job: StageJob, work: ShardWork, part_paths: list[str], rows: int) -> dict | None:
     """Assemble a finished shard's parts (with the rows it keeps of its previous output) and commit it."""
-    base = None
-    if work.redo is not None:
-        previous = load_shard([_store(p) for p in (*job.earlier, job.store)], work.ref, job.source_arrays)
-        redo = pa.array(work.redo, previous.schema.field("row_in_shard").type)
-        base = previous.filter(pc.invert(pc.is_in(previous["row_in_shard"], redo)))
-    counters = commit_shard(job, work, assemble_shard(part_paths, rows, base))
+    counters = commit_shard(job, work, assemble_shard(part_paths, rows, _kept_of_previous(job, work)))
     remove_parts(part_folder(str(_store(job.store).parts_root), work.ref.index, work.attempt))
     return counters
 
@@ -170,12 +176,30 @@ def _runner(fingerprint: str, kwargs: dict) -> StepRunner:
     return runners[key]
 
 
-def decide_shard(job: StageJob, fingerprint: str, operations: list[dict], work: ShardWork) -> dict | None:
-    """A whole stage of global decisions for one shard, in one task."""
-    table = load_stage_input(job, work.ref)
-    for kwargs in operations:
-        table = _runner(fingerprint, kwargs)(table)
-    return commit_shard(job, work, table)
+def compute_shard(job: StageJob, fingerprint: str, operations: list[dict], work: ShardWork) -> dict | None:
+    """A whole stage for one shard, in one task: its rows to compute read, every operation applied
+    (a per-batch step's ``__call__`` in slices of its ``batch_size``, as Ray Data would batch it), put
+    together with the rows it already has (parts an interrupted attempt left, the kept rows of its
+    previous output), committed."""
+    table = None
+    if not work.nothing_to_compute:
+        table = load_stage_input(job, work.ref, None if work.rows is None else list(work.rows))
+        for op in operations:
+            table = _apply(_runner(fingerprint, op["runner"]), table, op["batch_size"])
+    if work.rows is not None:  # some rows only: the rest are in parts or in the previous output
+        table = assemble_shard(list(work.parts), work.shard_rows, _kept_of_previous(job, work), table)
+    counters = commit_shard(job, work, table)
+    if work.parts:
+        remove_parts(part_folder(str(_store(job.store).parts_root), work.ref.index, work.attempt))
+    return counters
+
+
+def _apply(runner: StepRunner, table: pa.Table, batch_size: int | None) -> pa.Table:
+    if batch_size is None or table.num_rows <= batch_size:
+        return runner(table)
+    slices = [runner(table.slice(at, batch_size)) for at in range(0, table.num_rows, batch_size)]
+    # permissive: a column all null in one slice is null-typed there, as in parts
+    return pa.concat_tables(slices, promote_options="permissive")
 
 
 def sink_cached_shard(stores: list[str], sink: SinkContext, ref: ShardRef, version: str) -> dict:
@@ -268,7 +292,7 @@ def run_stage(plan: Plan, stage: Stage, job: StageJob, works: list[ShardWork], s
     Per-shard tasks run on ``tasks``; a stage with per-batch steps needs Ray Data (``RayShardTasks``)."""
     progress = StageProgress(stage_label(stage), len(works), enabled=plan.recipe.ray.progress_bars)
     try:
-        if stage.runs_per_shard:
+        if stage.runs_per_shard or tasks.whole_shards:
             _run_stage_as_tasks(stage, job, works, states, progress, tasks)
         else:
             _run_stage_as_dataset(plan, stage, job, works, states, progress, tasks)
@@ -309,8 +333,15 @@ def _run_stage_as_tasks(
     stage: Stage, job: StageJob, works: list[ShardWork], states: dict, progress: StageProgress, tasks: ShardTasks
 ) -> None:
     cpus = max([op.spec.resources.num_cpus for op in stage.operations] or [WRITE_NUM_CPUS])
-    operations = [runner_kwargs(op, states) for op in stage.operations]
-    running = [tasks.submit(decide_shard, job, stage.fingerprint, operations, w, num_cpus=cpus) for w in works]
+    # A decision is per row and cheap: it takes the shard whole. A step's call takes its batches.
+    operations = [
+        {
+            "runner": runner_kwargs(op, states),
+            "batch_size": None if op.action == "decide" else op.spec.resources.batch_size,
+        }
+        for op in stage.operations
+    ]
+    running = [tasks.submit(compute_shard, job, stage.fingerprint, operations, w, num_cpus=cpus) for w in works]
     _await_shards(tasks, running, progress)
 
 

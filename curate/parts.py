@@ -76,12 +76,16 @@ def existing_parts(folder: Path) -> tuple[list[str], list[int], int | None]:
     return paths, rows, shard_rows
 
 
-def assemble_shard(part_paths: list[str], expected_rows: int, base: pa.Table | None = None) -> pa.Table:
+def assemble_shard(
+    part_paths: list[str], expected_rows: int, base: pa.Table | None = None, computed: pa.Table | None = None
+) -> pa.Table:
     """A shard's rows in order, from its parts and (when only some rows were computed) ``base``,
-    the rows kept from the stage's previous output."""
+    the rows kept from the stage's previous output, and ``computed``, rows computed in this task."""
     tables = [_read_part(p) for p in part_paths]
     if base is not None:
         tables.insert(0, base)
+    if computed is not None:
+        tables.append(computed)
     # permissive: a column that is all null in one part is null-typed there, typed in another
     table = pa.concat_tables(tables, promote_options="permissive")
     table = table.take(pc.sort_indices(table["row_in_shard"]))

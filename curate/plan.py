@@ -5,7 +5,8 @@
     stage 1: semdedup.decide                                -> barrier clip_fraction (over stages 0-1)
     stage 2: clip_fraction.decide, text_embed, tokenize     -> sink (tar + parquet + stats per shard)
 
-Each stage is one Ray Data pass over the input shards. An operation in a stage is a step's
+Each stage is one Ray Data pass over the input shards (or, run without a cluster and without a GPU
+step, one task per shard in a local pool: ``curate.shard_tasks``). An operation in a stage is a step's
 ``__call__`` (a per-batch step, or a global step that ``annotates_in_stream`` in the stage before its
 barrier) or a global step's ``decide`` with the state its barrier computed. Every operation sees
 the rows its step declares (``rows: kept`` or ``all``). A stage's outputs are cached under a
@@ -73,6 +74,10 @@ class Stage:
         return all(op.action == "decide" for op in self.operations) and not self.needs_pixels
 
     @property
+    def needs_gpu(self) -> bool:
+        return any(op.spec.resources.num_gpus > 0 for op in self.operations)
+
+    @property
     def pixel_rows(self) -> str:
         """Which rows need their image bytes in this stage: ``all`` if a pixel step sees all rows."""
         return "all" if any(op.entry.needs_pixels and op.rows == "all" for op in self.operations) else "kept"
@@ -108,6 +113,11 @@ class Plan:
         return all(stage.runs_per_shard for stage in self.stages)
 
     @property
+    def needs_gpu(self) -> bool:
+        """Whether a step asks for a GPU: only Ray schedules GPUs, so such a plan always runs on Ray."""
+        return any(stage.needs_gpu for stage in self.stages)
+
+    @property
     def global_operations(self) -> list[Operation]:
         return [s.barrier for s in self.stages if s.barrier is not None]
 
@@ -133,6 +143,8 @@ class Plan:
             if stage.index and stage.needs_pixels:
                 reads = f"stage outputs + image bytes by range ({stage.pixel_rows} rows)"
             how = "one task per shard" if stage.runs_per_shard else "a Ray Data pass, an actor pool per step"
+            if not stage.runs_per_shard and not self.needs_gpu:
+                how += " (one task per shard in local processes when no cluster is named)"
             lines.append(f"stage {stage.index} ({stage.cache_name}): {how}; reads {reads}")
             for op in stage.operations:
                 lines.append(f"  - {op.describe()}")
@@ -149,6 +161,8 @@ class Plan:
         where = "Ray tasks"
         if self.runs_per_shard_only:
             where = "threads of this process (Ray tasks if a cluster is named: no stage needs Ray)"
+        elif not self.needs_gpu:
+            where = "Ray tasks (the local processes' tasks when no cluster is named: no step asks for a GPU)"
         lines.append(f"sink ({self.recipe.output.layout}): {where} write {sink}, then its done-marker")
         return "\n".join(lines)
 

@@ -95,11 +95,17 @@ def check_resources(plan: Plan, cluster: dict[str, float]) -> None:
 
 
 def shard_tasks_for(plan: Plan) -> ShardTasks:
-    """Threads of this process for a plan of per-shard tasks only, unless a Ray cluster is named;
-    otherwise Ray (started here if need be), once its actor pools are known to fit."""
-    if plan.runs_per_shard_only and not ray_address_named(plan.recipe.ray.address):
-        logger.info("every stage runs one task per shard: running them in this process, without Ray")
-        return LocalShardTasks(plan.recipe.ray.num_cpus)
+    """A local pool when no Ray cluster is named and no step asks for a GPU (``curate.shard_tasks``:
+    threads for a plan of per-shard decisions only, processes otherwise); otherwise Ray (started
+    here if need be), once its actor pools are known to fit."""
+    if not ray_address_named(plan.recipe.ray.address) and not plan.needs_gpu:
+        if plan.runs_per_shard_only:
+            logger.info("every stage runs one task per shard: running them in this process, without Ray")
+            return LocalShardTasks(plan.recipe.ray.num_cpus)
+        task_cpus = max(op.spec.resources.num_cpus for stage in plan.stages for op in stage.operations)
+        tasks = LocalShardTasks(plan.recipe.ray.num_cpus, processes=True, task_cpus=task_cpus)
+        logger.info("no cluster named and no GPU step: one task per shard in %d local processes", tasks.workers)
+        return tasks
     ensure_ray(plan.recipe)
     import ray
 

@@ -1,23 +1,34 @@
-"""Where a stage's per-shard tasks run: Ray tasks, or threads of the driver when the plan needs no Ray.
+"""Where a stage's per-shard tasks run: Ray tasks, or a local pool when the plan needs no Ray.
 
-A plan whose every stage runs one task per shard (global decisions over metadata, e.g. a CLIP-score
-fraction of DataComp metadata) has no model to keep warm and no rows to move between processes:
-each task reads a shard's Parquet, applies Arrow kernels and writes Parquet, all of which release
-the GIL. Starting Ray for it (seconds, and a worker process per core importing curate) costs more
-than the work, so such a plan runs on a thread pool of the driver instead, unless the recipe names
-a Ray cluster (``ray.address`` or ``RAY_ADDRESS``): on a cluster the tasks belong next to the data.
+Ray earns its start (seconds, a worker process per core importing curate, an actor pool per step)
+when there is a cluster to spread over or a GPU to schedule. On one machine without a GPU step it
+costs more than the work of most runs, so a run that names no cluster (``ray.address`` or
+``RAY_ADDRESS``) and has no step asking for a GPU runs without Ray, every stage as one task per
+shard in a local pool:
+
+* threads of the driver, when every stage only applies global decisions (a CLIP-score fraction of
+  DataComp metadata): each task reads a shard's Parquet, applies Arrow kernels and writes Parquet,
+  all of which release the GIL;
+* processes otherwise (a step's per-row Python and its models hold the GIL): one per CPU
+  (``ray.num_cpus`` caps them) divided by the largest ``num_cpus`` a step asks for, each building
+  a step once and keeping it for the shards it runs, as an actor would. Like Ray's workers they see
+  no GPU and use as many threads as the CPUs of their share, and they die with the driver.
 
 Both pools take the same calls, so the executor does not know which one it has:
 
     pool.submit(fn, *args, num_cpus=...) -> handle
     pool.finished(handles, wait=...)     -> (results of the ended ones, the handles still running)
+    pool.whole_shards                    -> whether per-batch stages also run one task per shard
 """
 
 from __future__ import annotations
 
+import math
+import multiprocessing
 import os
+import signal
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Any, Protocol
 
@@ -26,6 +37,8 @@ RAY_TASK_RETRIES = 2
 
 
 class ShardTasks(Protocol):
+    whole_shards: bool
+
     def submit(self, fn: Callable[..., Any], *args: Any, num_cpus: float) -> Any: ...
 
     def finished(self, running: list, *, wait: bool) -> tuple[list[Any], list]: ...
@@ -35,6 +48,8 @@ class ShardTasks(Protocol):
 
 class RayShardTasks:
     """One Ray task per call; a task's error is raised by ``finished``."""
+
+    whole_shards = False  # per-batch stages are Ray Data passes
 
     def __init__(self) -> None:
         self._remotes: dict[tuple[Callable, float], Any] = {}
@@ -60,11 +75,27 @@ class RayShardTasks:
 
 
 class LocalShardTasks:
-    """A thread pool of the driver, one thread per CPU; a task's error is raised by ``finished``."""
+    """A local pool, of the driver's threads or of processes; a task's error is raised by ``finished``."""
 
-    def __init__(self, workers: int | None = None) -> None:
-        self.workers = workers or os.cpu_count() or 1
-        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="curate-shard")
+    whole_shards = True
+
+    def __init__(self, cpus: int | None = None, *, processes: bool = False, task_cpus: float = 1.0) -> None:
+        cpus = cpus or os.cpu_count() or 1
+        self.processes = processes
+        self._pool: Executor
+        if processes:
+            self.workers = max(1, math.floor(cpus / max(task_cpus, 1.0)))
+            threads = max(1, math.floor(cpus / self.workers))
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers,
+                # spawn: a fresh interpreter, not a fork of a driver that holds threads and locks
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_local_worker_setup,
+                initargs=(os.getpid(), threads),
+            )
+        else:
+            self.workers = cpus
+            self._pool = ThreadPoolExecutor(max_workers=cpus, thread_name_prefix="curate-shard")
 
     def submit(self, fn: Callable[..., Any], *args: Any, num_cpus: float) -> Future:
         return self._pool.submit(fn, *args)
@@ -78,6 +109,22 @@ class LocalShardTasks:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _local_worker_setup(driver_pid: int, threads: int) -> None:
+    """A local worker process: killed with the driver (a killed run leaves nothing writing to its
+    folder), no GPU (no step asked for one, as Ray hides them from CPU tasks), and the threads of
+    its share of the CPUs for the libraries that start a pool of their own (torch, OpenMP, BLAS)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != driver_pid:  # the driver died before the call above took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = str(threads)
 
 
 def ray_address_named(address: str | None) -> bool:

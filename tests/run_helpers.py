@@ -19,29 +19,22 @@ def start_cli(
     recipe: str,
     pattern: str,
     out: Path,
-    ray_address: str,
+    ray_address: str | None,
     overrides: list[str] | None = None,
     crash_at: str | None = None,
     progress: bool = False,
+    env_extra: dict[str, str] | None = None,
 ) -> subprocess.Popen:
-    """``curate run`` joining the tests' Ray cluster, optionally set to SIGKILL itself at a crash point
-    (and with its progress lines, if ``progress``)."""
-    env = {k: v for k, v in os.environ.items() if k != "CURATE_CRASH_AT"}
+    """``curate run`` joining the tests' Ray cluster (``ray_address``; None: naming no cluster, as a
+    user on one machine runs it), optionally set to SIGKILL itself at a crash point (and with its
+    progress lines, if ``progress``)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CURATE_CRASH_AT", "RAY_ADDRESS")}
+    env.update(env_extra or {})
     if crash_at:
         env["CURATE_CRASH_AT"] = crash_at
-    cmd = [
-        sys.executable,
-        "-m",
-        "curate.cli",
-        "run",
-        recipe,
-        "--input",
-        pattern,
-        "--output",
-        str(out),
-        "--ray-address",
-        ray_address,
-    ]
+    cmd = [sys.executable, "-m", "curate.cli", "run", recipe, "--input", pattern, "--output", str(out)]
+    if ray_address is not None:
+        cmd += ["--ray-address", ray_address]
     if not progress:
         cmd.append("--no-progress")
     for item in overrides or []:

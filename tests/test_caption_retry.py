@@ -147,3 +147,31 @@ def test_a_killed_and_failing_captioning_run_retries_only_what_it_must(ray_sessi
     proxy.reset_counts()
     again = run_cli(recipe, pool_pattern(pool), out, ray_session)
     assert again.returncode == 0 and not proxy.forwarded and not proxy.refused
+
+
+def test_without_a_cluster_a_rerun_asks_again_only_for_what_the_server_could_not_answer(tmp_path, server):
+    """The same in local processes (no cluster named): a stage's shard task computes only the rows
+    to retry and puts them back with the rows its previous output keeps."""
+    url, proxy = server
+    proxy.flaky = True
+    proxy.reset_counts()
+    pool = tmp_path / "pool"
+    make_pool(str(pool), samples=32, shard_size=16, seed=37, text_rate=0.3)
+    recipe = str(_recipe(tmp_path, url))
+    out = tmp_path / "run"
+    first = run_cli(recipe, pool_pattern(pool), out, None)
+    assert first.returncode == 0, first.stdout[-3000:]
+    failed_keys = set(proxy.refused)
+    unavailable = [r for r in _outcome(out) if r["status"] == STATUS_CAPTION_UNAVAILABLE]
+    assert len(unavailable) == len(failed_keys) > 0
+
+    proxy.flaky = False
+    proxy.reset_counts()
+    retried = run_cli(recipe, pool_pattern(pool), out, None)
+    assert retried.returncode == 0, retried.stdout[-3000:]
+    assert set(proxy.forwarded) == failed_keys and all(n == 1 for n in proxy.forwarded.values())
+    stages = json.loads((out / "stages.json").read_text())
+    assert stages[0]["retried_rows"] == len(unavailable)
+    clean = run_cli(recipe, pool_pattern(pool), tmp_path / "clean", None)
+    assert clean.returncode == 0, clean.stdout[-3000:]
+    assert _outcome(out) == _outcome(tmp_path / "clean")

@@ -4,6 +4,7 @@ range in later stages, and exact resume of a three-stage run killed at every kin
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -209,6 +210,75 @@ def test_sigkill_in_a_three_stage_run_then_resume(
     assert all(s["reused"] + s["computed"] == 4 for s in stages)
     if barrier_saved:
         assert stages[0]["barrier"]["reused"], stages
+
+
+def _processes_tagged(tag: str) -> list[int]:
+    """Live processes whose environment holds ``CURATE_TEST_TAG=tag`` (a run's driver and workers)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                env = (proc / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"CURATE_TEST_TAG={tag}".encode() in env:
+                found.append(int(proc.name))
+    return found
+
+
+def test_without_a_cluster_the_run_writes_what_ray_writes(three_stage_reference, small_pool_pattern, tmp_path):
+    """The same command naming no cluster runs every stage in local processes (pixels read, global
+    decisions, images fetched back by range for the sink) and writes the reference run's output."""
+    out = tmp_path / "run"
+    done = run_cli("basic", small_pool_pattern, out, None, THREE_STAGES)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert snapshot(out) == snapshot(three_stage_reference)
+
+
+@pytest.mark.parametrize("kill", ["in_a_worker", "the_driver_from_outside"])
+def test_sigkill_without_a_cluster_leaves_no_worker_and_resumes_exactly(
+    kill, three_stage_reference, small_pool_pattern, tmp_path
+):
+    """Killed in a local worker process (which kills the driver, then itself), or the driver killed from
+    outside while a worker is busy (held at a crash point for good: it would never end by itself), the
+    run leaves no process of it behind to write to its folder, and the resumed run ends as an
+    uninterrupted one."""
+    import time
+    import uuid
+
+    from run_helpers import HANG_GUARD_S, finish, start_cli
+
+    out, tag = tmp_path / "run", uuid.uuid4().hex
+    crash_at = "stage_written:2" if kill == "in_a_worker" else "stage_written:2:hold"
+    proc = start_cli(
+        "basic", small_pool_pattern, out, None, THREE_STAGES, crash_at=crash_at, env_extra={"CURATE_TEST_TAG": tag}
+    )
+    deadline = time.monotonic() + HANG_GUARD_S  # a guard against a hang, not a condition of the test
+    try:
+        if kill == "the_driver_from_outside":
+            held = out / "_tmp" / "crash" / "held-stage_written"
+            while not held.exists():
+                assert proc.poll() is None, proc.communicate()[0]
+                assert time.monotonic() < deadline, "the run never reached its held shard"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=HANG_GUARD_S)
+        # The held worker is gone only if it died with the driver; a guard, as the kernel kills it at once.
+        gone_by = time.monotonic() + 120
+        while _processes_tagged(tag):
+            assert time.monotonic() < gone_by, f"processes of the killed run still alive: {_processes_tagged(tag)}"
+            time.sleep(0.1)
+        log = finish(proc)  # its output: only once no process of it holds the pipe
+    finally:
+        proc.kill()
+        for pid in _processes_tagged(tag):
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL, log[-3000:]
+    resumed = run_cli("basic", small_pool_pattern, out, None, THREE_STAGES)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    got = snapshot(out)
+    assert got["stray"] == [] and got["tmp_left"] == []
+    assert got == snapshot(three_stage_reference)
 
 
 def test_stage_outputs_hold_no_image_bytes(three_stage_reference):
