@@ -289,7 +289,8 @@ def stage_label(stage: Stage) -> str:
 
 def run_stage(plan: Plan, stage: Stage, job: StageJob, works: list[ShardWork], states: dict, tasks: ShardTasks) -> None:
     """Every shard of ``works`` ends with this stage's output written (and its final shard, if last).
-    Per-shard tasks run on ``tasks``; a stage with per-batch steps needs Ray Data (``RayShardTasks``)."""
+    Per-shard tasks run on ``tasks``; on Ray (``RayShardTasks``) a stage with per-batch steps is a Ray
+    Data pass, in a local pool (``whole_shards``) every stage is one task per shard."""
     progress = StageProgress(stage_label(stage), len(works), enabled=plan.recipe.ray.progress_bars)
     try:
         if stage.runs_per_shard or tasks.whole_shards:

@@ -36,7 +36,13 @@ from curate.plan import Plan, Stage, compile_plan
 from curate.readers.base import ShardRef, list_shards, preflight
 from curate.registry import get_layout
 from curate.rundir import RunDir, atomic_write_text
-from curate.shard_tasks import LocalShardTasks, RayShardTasks, ShardTasks, ray_address_named
+from curate.shard_tasks import (
+    LocalShardTasks,
+    RayShardTasks,
+    ShardTasks,
+    local_processes_supported,
+    ray_address_named,
+)
 from curate.shard_work import inputs_digest, plan_shard_work
 from curate.sink import SinkContext
 from curate.stage_store import StageStore
@@ -102,10 +108,11 @@ def shard_tasks_for(plan: Plan) -> ShardTasks:
         if plan.runs_per_shard_only:
             logger.info("every stage runs one task per shard: running them in this process, without Ray")
             return LocalShardTasks(plan.recipe.ray.num_cpus)
-        task_cpus = max(op.spec.resources.num_cpus for stage in plan.stages for op in stage.operations)
-        tasks = LocalShardTasks(plan.recipe.ray.num_cpus, processes=True, task_cpus=task_cpus)
-        logger.info("no cluster named and no GPU step: one task per shard in %d local processes", tasks.workers)
-        return tasks
+        if local_processes_supported():
+            task_cpus = max(op.spec.resources.num_cpus for stage in plan.stages for op in stage.operations)
+            tasks = LocalShardTasks(plan.recipe.ray.num_cpus, processes=True, task_cpus=task_cpus)
+            logger.info("no cluster named and no GPU step: one task per shard in %d local processes", tasks.workers)
+            return tasks
     ensure_ray(plan.recipe)
     import ray
 

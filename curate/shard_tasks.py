@@ -12,7 +12,8 @@ shard in a local pool:
 * processes otherwise (a step's per-row Python and its models hold the GIL): one per CPU
   (``ray.num_cpus`` caps them) divided by the largest ``num_cpus`` a step asks for, each building
   a step once and keeping it for the shards it runs, as an actor would. Like Ray's workers they see
-  no GPU and use as many threads as the CPUs of their share, and they die with the driver.
+  no GPU and use as many threads as the CPUs of their share, and they die with the driver: Linux's
+  ``PR_SET_PDEATHSIG``, so elsewhere (macOS) such a plan runs on a local Ray, as it did before.
 
 Both pools take the same calls, so the executor does not know which one it has:
 
@@ -27,6 +28,7 @@ import math
 import multiprocessing
 import os
 import signal
+import sys
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -125,6 +127,11 @@ def _local_worker_setup(driver_pid: int, threads: int) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = str(threads)
+
+
+def local_processes_supported() -> bool:
+    """Whether local worker processes can be made to die with the driver (Linux only)."""
+    return sys.platform.startswith("linux")
 
 
 def ray_address_named(address: str | None) -> bool:
