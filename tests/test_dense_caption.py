@@ -310,7 +310,7 @@ def test_dense_caption_recipe_captions_only_the_kept_rows(ray_session, tmp_path)
     from curate.catalog import connect
 
     pool = tmp_path / "pool"
-    make_pool(str(pool), samples=160, shard_size=80, seed=14, text_rate=0.3)
+    make_pool(str(pool), samples=80, shard_size=40, seed=14, text_rate=0.3)
     # The dense caption becomes each sample's txt; every caption (and the hints) is in its json.
     run = run_in_process("dense_caption", pool_pattern(pool), tmp_path / "run", ["output.caption_field=dense_caption"])
     with connect(run.run_dir.root) as con:
@@ -328,7 +328,7 @@ def test_dense_caption_recipe_captions_only_the_kept_rows(ray_session, tmp_path)
         ).fetchall()
     # Every row the selection kept was asked once (the experts fail no row of this pool), and no row
     # that image_check, basic or the CLIP cut dropped ever reached the MLLM.
-    assert passed > 50 and asked == passed and wrongly == 0
+    assert passed > 20 and asked == passed and wrongly == 0
     assert all(r[0] and r[1] and r[2] and r[3] > 0 for r in rows)
     import webdataset as wds
 

@@ -320,7 +320,7 @@ def _graphs(run: Path) -> list[tuple]:
 
 def test_a_killed_gbc_run_resumes_without_asking_again(ray_session, gbc_server, tmp_path):
     pool = tmp_path / "pool"
-    make_pool(str(pool), samples=24, shard_size=8, seed=16, faults=FaultRates.none(), repeat_rate=0.5)
+    make_pool(str(pool), samples=12, shard_size=4, seed=16, faults=FaultRates.none(), repeat_rate=0.5)
     with flaky_proxy(gbc_server) as (url, proxy):
         proxy.flaky = False  # a healthy server: every request is forwarded and counted
         recipe = str(_recipe(tmp_path, url))
