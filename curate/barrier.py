@@ -14,14 +14,14 @@ of a shard before the barrier (a retry), the state no longer matches them and is
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
+from pathlib import Path
 
 import duckdb
 
 from curate.plan import Stage
-from curate.rundir import RunDir, atomic_write_text
+from curate.rundir import RunDir
 from curate.stage_store import StageStore, staged_view_sql
 from curate.steps import build_step
 
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 def barrier_store(run: RunDir, stage: Stage) -> StageStore:
     assert stage.barrier_cache_name is not None
-    return StageStore(run.cache, stage.barrier_cache_name)
+    return StageStore(run.cache_storage, stage.barrier_cache_name)
 
 
 def compute_state(run: RunDir, stage: Stage, stores: list[StageStore], inputs: str) -> tuple[dict, bool]:
@@ -38,15 +38,14 @@ def compute_state(run: RunDir, stage: Stage, stores: list[StageStore], inputs: s
     and whether it came from the cache."""
     op = stage.barrier
     assert op is not None
-    store = barrier_store(run, stage)
-    saved = store.root / "state.json"
-    if saved.exists():
-        record = json.loads(saved.read_text())
+    storage = barrier_store(run, stage).storage
+    if storage.exists("state.json"):
+        record = storage.read_json("state.json")
         if record.get("inputs") == inputs:
             return record["state"], True
-    artifacts = store.root / "artifacts"
-    shutil.rmtree(artifacts, ignore_errors=True)  # a killed earlier attempt; recomputed identically
-    store.root.mkdir(parents=True, exist_ok=True)
+    storage.remove("artifacts")  # a killed earlier attempt's; recomputed identically
+    storage.makedirs()
+    artifacts = Path(storage.path("artifacts"))
     con = duckdb.connect()
     try:
         view = staged_view_sql(stores)
@@ -58,13 +57,13 @@ def compute_state(run: RunDir, stage: Stage, stores: list[StageStore], inputs: s
     finally:
         con.close()
     logger.info("global step %s: %s", op.step_id, {k: v for k, v in state.items() if not isinstance(v, list | dict)})
-    atomic_write_text(saved, json.dumps({"inputs": inputs, "state": state}, indent=2))
+    storage.write_json("state.json", {"inputs": inputs, "state": state})
     return state, False
 
 
 def publish_artifacts(run: RunDir, stage: Stage) -> None:
     """Copy a barrier's artifacts to ``RUN/artifacts/<step id>/``, where users and commands look."""
-    source = barrier_store(run, stage).root / "artifacts"
+    source = Path(barrier_store(run, stage).storage.path("artifacts"))
     target = run.artifacts / stage.barrier.step_id
     shutil.rmtree(target, ignore_errors=True)
     if source.exists():

@@ -57,8 +57,8 @@ class StageJob:
     """What the read and finish tasks of one stage need (pickled to the workers)."""
 
     stage_index: int
-    earlier: tuple[str, ...]  # cache folders of stages 0..k-1
-    store: str  # this stage's cache folder
+    earlier: tuple[StageStore, ...]  # cache folders of stages 0..k-1
+    store: StageStore  # this stage's cache folder
     input_columns: tuple[str, ...]  # columns the stage reads (empty for stage 0)
     declared: tuple[str, ...]  # existing columns its steps may change
     step_ids: tuple[str, ...]  # the steps of this stage (a row it failed retryably is retried after it)
@@ -70,13 +70,6 @@ class StageJob:
     source_arrays: bool
     sink: SinkContext | None  # set in the last stage: finished shards go straight to the sink
     crash: CrashPlan
-
-
-def _store(path: str) -> StageStore:
-    from pathlib import Path
-
-    p = Path(path)
-    return StageStore(p.parent, p.name)
 
 
 def _only_rows(table: pa.Table, rows: list[int] | None) -> pa.Table:
@@ -91,7 +84,7 @@ def load_stage_input(job: StageJob, ref: ShardRef, rows: list[int] | None = None
         wanted = {*job.named_columns, *job.declared}
         named = None if job.source_arrays else [c for c in source_array_columns(ref) if c in wanted]
         return _only_rows(read_shard(ref, named), rows)
-    table = _only_rows(load_shard([_store(p) for p in job.earlier], ref, job.source_arrays), rows)
+    table = _only_rows(load_shard(list(job.earlier), ref, job.source_arrays), rows)
     if not job.needs_pixels:
         return table
     wanted = pc.indices_nonzero(seen_mask(table, job.pixel_rows).combine_chunks())
@@ -136,7 +129,7 @@ def commit_shard(job: StageJob, work: ShardWork, table: pa.Table) -> dict | None
         output = output.select([c for c in order if c in output.column_names])
         table = table.select([*output.column_names, *(c for c in table.column_names if c not in order)])
     retry = retry_rows(table, job.step_ids)
-    version = _store(job.store).write(work.ref.index, output, list(work.inputs), retry, in_source, order)
+    version = job.store.write(work.ref.index, output, list(work.inputs), retry, in_source, order)
     crash_point("stage_written", job.crash)
     return write_final_shard(job.sink, work.ref, table, version) if job.sink is not None else None
 
@@ -145,15 +138,16 @@ def _kept_of_previous(job: StageJob, work: ShardWork) -> pa.Table | None:
     """The rows of the shard's previous stage output that this work keeps (all but ``work.redo``)."""
     if work.redo is None:
         return None
-    previous = load_shard([_store(p) for p in (*job.earlier, job.store)], work.ref, job.source_arrays)
+    previous = load_shard([*job.earlier, job.store], work.ref, job.source_arrays)
     redo = pa.array(work.redo, previous.schema.field("row_in_shard").type)
     return previous.filter(pc.invert(pc.is_in(previous["row_in_shard"], redo)))
 
 
-def finish_stage_shard(job: StageJob, work: ShardWork, part_paths: list[str], rows: int) -> dict | None:
+def finish_stage_shard(job: StageJob, work: ShardWork, part_names: list[str], rows: int) -> dict | None:
     """Assemble a finished shard's parts (with the rows it keeps of its previous output) and commit it."""
-    counters = commit_shard(job, work, assemble_shard(part_paths, rows, _kept_of_previous(job, work)))
-    remove_parts(part_folder(str(_store(job.store).parts_root), work.ref.index, work.attempt))
+    parts = job.store.parts
+    counters = commit_shard(job, work, assemble_shard(parts, part_names, rows, _kept_of_previous(job, work)))
+    remove_parts(parts, part_folder(work.ref.index, work.attempt))
     return counters
 
 
@@ -187,10 +181,10 @@ def compute_shard(job: StageJob, fingerprint: str, operations: list[dict], work:
         for op in operations:
             table = _apply(_runner(fingerprint, op["runner"]), table, op["batch_size"])
     if work.rows is not None:  # some rows only: the rest are in parts or in the previous output
-        table = assemble_shard(list(work.parts), work.shard_rows, _kept_of_previous(job, work), table)
+        table = assemble_shard(job.store.parts, list(work.parts), work.shard_rows, _kept_of_previous(job, work), table)
     counters = commit_shard(job, work, table)
     if work.parts:
-        remove_parts(part_folder(str(_store(job.store).parts_root), work.ref.index, work.attempt))
+        remove_parts(job.store.parts, part_folder(work.ref.index, work.attempt))
     return counters
 
 
@@ -202,10 +196,10 @@ def _apply(runner: StepRunner, table: pa.Table, batch_size: int | None) -> pa.Ta
     return pa.concat_tables(slices, promote_options="permissive")
 
 
-def sink_cached_shard(stores: list[str], sink: SinkContext, ref: ShardRef, version: str) -> dict:
+def sink_cached_shard(stores: list[StageStore], sink: SinkContext, ref: ShardRef, version: str) -> dict:
     """The final shard from cached stage outputs (the last stage was already computed)."""
     arrays = sink.output.source_arrays == "copy"
-    return write_final_shard(sink, ref, load_shard([_store(p) for p in stores], ref, arrays), version)
+    return write_final_shard(sink, ref, load_shard(stores, ref, arrays), version)
 
 
 def runner_kwargs(op, states: dict) -> dict:
@@ -256,7 +250,7 @@ def build_dataset(plan: Plan, stage: Stage, job: StageJob, works: list[ShardWork
     return ds.map_batches(
         write_parts,
         fn_kwargs={
-            "parts_root": str(_store(job.store).parts_root),
+            "parts": job.store.parts,
             "attempts": {w.ref.index: w.attempt for w in works},
             "crash": job.crash,
         },
@@ -299,7 +293,7 @@ def run_stage(plan: Plan, stage: Stage, job: StageJob, works: list[ShardWork], s
             _run_stage_as_dataset(plan, stage, job, works, states, progress, tasks)
     finally:
         progress.close()
-    store = _store(job.store)
+    store = job.store
     unfinished = []
     for work in works:
         marker = store.read_marker(work.ref.index)
@@ -355,8 +349,8 @@ def _run_stage_as_dataset(
     progress: StageProgress,
     tasks: ShardTasks,
 ) -> None:
-    def finish(work: ShardWork, part_paths: list[str], rows: int):
-        return tasks.submit(finish_stage_shard, job, work, part_paths, rows, num_cpus=WRITE_NUM_CPUS)
+    def finish(work: ShardWork, part_names: list[str], rows: int):
+        return tasks.submit(finish_stage_shard, job, work, part_names, rows, num_cpus=WRITE_NUM_CPUS)
 
     by_index = {w.ref.index: w for w in works}
     # What each shard already has: parts an interrupted attempt left, rows kept from its previous output.
@@ -381,9 +375,8 @@ def sink_cached(
     stores: list[StageStore], sink: SinkContext, shards: list[ShardRef], versions: dict[int, str], tasks: ShardTasks
 ) -> None:
     """Write the final shards of ``shards`` from the cache, one task per shard."""
-    roots = [str(s.root) for s in stores]
     running = [
-        tasks.submit(sink_cached_shard, roots, sink, ref, versions[ref.index], num_cpus=WRITE_NUM_CPUS)
+        tasks.submit(sink_cached_shard, stores, sink, ref, versions[ref.index], num_cpus=WRITE_NUM_CPUS)
         for ref in shards
     ]
     _await_shards(tasks, running, None)

@@ -10,78 +10,72 @@ attempt lists them (``existing_parts``) and computes only the rows they do not h
 
 from __future__ import annotations
 
-import os
-import shutil
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.crashpoints import CrashPlan, crash_point
+from curate.run_storage import RunStorage
 
 PART_SUMMARY_SCHEMA = pa.schema(
     [("shard_index", pa.int32()), ("rows", pa.int64()), ("shard_rows", pa.int64()), ("part", pa.string())]
 )
 
 
-def part_folder(parts_root: str, shard_index: int, attempt: str) -> Path:
-    return Path(parts_root) / f"{shard_index:08d}-{attempt}"
+def part_folder(shard_index: int, attempt: str) -> str:
+    """The folder (in a stage's ``_parts``) of one attempt at one shard."""
+    return f"{shard_index:08d}-{attempt}"
 
 
-def write_parts(batch: pa.Table, parts_root: str, attempts: dict[int, str], crash: CrashPlan) -> pa.Table:
+def write_parts(batch: pa.Table, parts: RunStorage, attempts: dict[int, str], crash: CrashPlan) -> pa.Table:
     """Store a batch's rows as one part file per shard it touches, in the folder of the shard's
-    attempt; return what was stored."""
+    attempt; return what was stored (each part by its name in ``parts``)."""
     summaries = []
     shard_ids = batch["shard_index"].to_numpy()
     for shard_index in np.unique(shard_ids):
         rows = batch.filter(pc.equal(batch["shard_index"], pa.scalar(int(shard_index), pa.int32())))
-        folder = part_folder(parts_root, int(shard_index), attempts[int(shard_index)])
-        folder.mkdir(parents=True, exist_ok=True)
+        name = f"{part_folder(int(shard_index), attempts[int(shard_index)])}/{uuid.uuid4().hex}.arrow"
         # Arrow IPC, uncompressed: parts are read back once, right away, and may hold JPEG bytes
-        # that do not compress; IPC maps them back without a decode step.
-        part = folder / f"{uuid.uuid4().hex}.arrow"
-        tmp = part.with_name(f".{part.name}.tmp")
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, rows.schema) as writer:
+        # that do not compress; IPC maps them back without a decode step. Committed whole.
+        with parts.writer(name) as sink, pa.ipc.new_file(sink, rows.schema) as writer:
             writer.write_table(rows)
-        os.replace(tmp, part)
         crash_point("part_written", crash)
         summaries.append(
             {
                 "shard_index": int(shard_index),
                 "rows": rows.num_rows,
                 "shard_rows": int(rows["shard_rows"][0].as_py()),
-                "part": str(part),
+                "part": name,
             }
         )
     return pa.Table.from_pylist(summaries, schema=PART_SUMMARY_SCHEMA)
 
 
-def _read_part(path: str) -> pa.Table:
-    with pa.memory_map(path, "r") as source:
-        return pa.ipc.open_file(source).read_all()
-
-
-def existing_parts(folder: Path) -> tuple[list[str], list[int], int | None]:
-    """The finished parts of an interrupted attempt: their paths, the rows they hold and the shard's
-    row count (None when there are none). Only renamed parts count: a part is written whole or not."""
-    paths, rows, shard_rows = [], [], None
-    for path in sorted(folder.glob("*.arrow")) if folder.exists() else []:
-        part = _read_part(str(path)).select(["row_in_shard", "shard_rows"])
-        paths.append(str(path))
+def existing_parts(parts: RunStorage, folder: str) -> tuple[list[str], list[int], int | None]:
+    """The finished parts of an interrupted attempt: their names, the rows they hold and the shard's
+    row count (None when there are none). Only committed parts count: a part is written whole or not."""
+    names, rows, shard_rows = [], [], None
+    for name in parts.list(folder, "*.arrow"):
+        part = parts.read_arrow(f"{folder}/{name}").select(["row_in_shard", "shard_rows"])
+        names.append(f"{folder}/{name}")
         rows.extend(part["row_in_shard"].to_pylist())
         if part.num_rows:
             shard_rows = int(part["shard_rows"][0].as_py())
-    return paths, rows, shard_rows
+    return names, rows, shard_rows
 
 
 def assemble_shard(
-    part_paths: list[str], expected_rows: int, base: pa.Table | None = None, computed: pa.Table | None = None
+    parts: RunStorage,
+    names: list[str],
+    expected_rows: int,
+    base: pa.Table | None = None,
+    computed: pa.Table | None = None,
 ) -> pa.Table:
     """A shard's rows in order, from its parts and (when only some rows were computed) ``base``,
     the rows kept from the stage's previous output, and ``computed``, rows computed in this task."""
-    tables = [_read_part(p) for p in part_paths]
+    tables = [parts.read_arrow(n) for n in names]
     if base is not None:
         tables.insert(0, base)
     if computed is not None:
@@ -98,5 +92,5 @@ def assemble_shard(
     return table
 
 
-def remove_parts(folder: Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)
+def remove_parts(parts: RunStorage, folder: str) -> None:
+    parts.remove(folder)

@@ -80,12 +80,6 @@ def _plan_and_shards(recipe, run: RunDir):
     return compile_plan(recipe, shard_identities(shards)), shards
 
 
-def _parts_in_flight(store: StageStore) -> int:
-    if not store.parts_root.exists():
-        return 0
-    return sum(1 for _ in store.parts_root.glob("*/*.arrow"))
-
-
 def _state(run: RunDir, holder: str | None) -> str:
     recorded = run.read_state().get("state")
     if holder is not None:
@@ -129,7 +123,7 @@ def run_status(root: str | os.PathLike) -> RunStatus:
     redo_below: set[int] = set()  # shards an earlier stage computes again (so this one does too)
     everything = False  # an earlier barrier's state changes: every later shard is computed again
     for stage in plan.stages:
-        store = StageStore(run.cache, stage.cache_name)
+        store = StageStore(run.cache_storage, stage.cache_name)
         marks = {i: store.read_marker(i) for i in indexes}
         retry = sum(len(m.get("retry") or []) for m in marks.values() if m)
         to_compute = [
@@ -138,16 +132,16 @@ def run_status(root: str | os.PathLike) -> RunStatus:
         entry = StageStatus(
             index=stage.index,
             label=stage_label(stage),
-            cache=store.root.name,
+            cache=store.name,
             done=sum(m is not None for m in marks.values()),
             total=len(indexes),
             rows_to_retry=retry,
-            parts_in_flight=_parts_in_flight(store),
+            parts_in_flight=store.parts_in_flight(),
             to_compute=to_compute,
         )
         if stage.barrier is not None:
             entry.barrier = stage.barrier.step_id
-            entry.barrier_done = (run.cache / stage.barrier_cache_name / "state.json").exists()
+            entry.barrier_done = StageStore(run.cache_storage, stage.barrier_cache_name).storage.exists("state.json")
             everything = everything or bool(to_compute) or not entry.barrier_done
         redo_below |= set(to_compute)
         status.stages.append(entry)

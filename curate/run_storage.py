@@ -20,9 +20,11 @@ compared across machines: only the lease's version and the taker's own monotonic
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
 import posixpath
+import shutil
 import socket
 import threading
 import time
@@ -50,8 +52,37 @@ class RunStorage:
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self.root = os.path.abspath(root) if self.is_local else root.rstrip("/")
 
+    @classmethod
+    def _at(cls, fs, root: str) -> RunStorage:
+        storage = cls.__new__(cls)
+        storage.fs, storage.root, storage.is_local = fs, root, isinstance(fs, LocalFileSystem)
+        return storage
+
+    def child(self, rel: str) -> RunStorage:
+        """The folder ``rel`` of this one, on the same filesystem (a stage's cache, its parts)."""
+        return RunStorage._at(self.fs, self.path(rel))
+
+    def __reduce__(self):
+        # Ray tasks get the storage pickled: the filesystem travels by its own pickling (its
+        # options, not its connections or listing caches), the root as it is.
+        return RunStorage._at, (self.fs, self.root)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, RunStorage) and (self.url(), self.is_local) == (other.url(), other.is_local)
+
+    def __hash__(self) -> int:
+        return hash(self.url())
+
+    def __repr__(self) -> str:
+        return f"RunStorage({self.url()!r})"
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.root)
+
     def path(self, *parts: str) -> str:
         """The path the filesystem knows (no protocol)."""
+        parts = tuple(p for p in parts if p)
         return posixpath.join(self.root, *parts) if parts else self.root
 
     def url(self, *parts: str) -> str:
@@ -59,8 +90,37 @@ class RunStorage:
         path = self.path(*parts)
         return path if self.is_local else self.fs.unstrip_protocol(path)
 
+    def _forget_listing(self, path: str) -> None:
+        """Listings an object-store client cached are dropped before a lookup: other processes (Ray
+        tasks on any node) write the folder meanwhile, and a stale listing would hide their files."""
+        if not self.is_local:
+            self.fs.invalidate_cache(path)
+
     def exists(self, rel: str) -> bool:
-        return self.fs.exists(self.path(rel))
+        path = self.path(rel)
+        self._forget_listing(path)
+        return self.fs.exists(path)
+
+    def makedirs(self, rel: str = "") -> None:
+        """Create a local folder (an object store has no folders: a key's prefix is one)."""
+        if self.is_local:
+            os.makedirs(self.path(rel), exist_ok=True)
+
+    def read_parquet(self, rel: str, columns: list[str] | None = None):
+        import pyarrow.parquet as pq
+
+        if self.is_local:
+            return pq.read_table(self.path(rel), columns=columns)
+        return pq.read_table(self.path(rel), columns=columns, filesystem=self.fs)
+
+    def read_arrow(self, rel: str):
+        """An Arrow IPC file, memory-mapped when local (parts may hold image bytes)."""
+        import pyarrow as pa
+
+        if self.is_local:
+            with pa.memory_map(self.path(rel), "r") as source:
+                return pa.ipc.open_file(source).read_all()
+        return pa.ipc.open_file(pa.BufferReader(self.read_bytes(rel))).read_all()
 
     def read_bytes(self, rel: str) -> bytes:
         return self.fs.cat_file(self.path(rel))
@@ -103,16 +163,39 @@ class RunStorage:
     def list(self, rel: str = "", pattern: str = "*") -> list[str]:
         """Names (relative to ``rel``) of the files directly in ``rel`` matching ``pattern``, sorted;
         temporary files of writers in flight are not listed."""
-        base = self.path(rel) if rel else self.root
-        found = self.fs.glob(posixpath.join(base, pattern))
-        names = [posixpath.basename(p.rstrip("/")) for p in found]
+        base = self.path(rel)
+        if self.is_local:
+            names = fnmatch.filter(os.listdir(base), pattern) if os.path.isdir(base) else []
+        else:
+            self._forget_listing(base)
+            names = [posixpath.basename(p.rstrip("/")) for p in self.fs.glob(posixpath.join(base, pattern))]
         return sorted(n for n in names if not (n.startswith(".") and n.endswith(".tmp")))
 
     def remove(self, rel: str) -> None:
         """Remove a file or a whole folder; nothing to remove is not an error."""
         path = self.path(rel)
+        if self.is_local:
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            return
+        self._forget_listing(path)
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
+        self._forget_listing(path)
+
+    def remove_temporaries(self, rel: str = "") -> None:
+        """Remove the temporary files that killed local writers left in ``rel`` (an abandoned
+        upload leaves no object)."""
+        if not self.is_local:
+            return
+        base = self.path(rel)
+        for name in os.listdir(base) if os.path.isdir(base) else []:
+            if name.startswith(".") and name.endswith(".tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(base, name))
 
     @contextlib.contextmanager
     def hold(self, lease_s: float = DEFAULT_LEASE_S) -> Iterator[Lease | None]:

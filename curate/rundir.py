@@ -47,6 +47,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 class RunDir:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).resolve()
+        self.storage = RunStorage(str(self.root))
+        self.cache_storage = self.storage.child("_cache")  # what stage stores live in (``StageStore``)
         self.shards = self.root / "shards"
         self.done = self.root / "_done"
         self.tmp = self.root / "_tmp"

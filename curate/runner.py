@@ -198,7 +198,7 @@ def _run_stages(plan: Plan, run: RunDir, shards: list[ShardRef], crash: CrashPla
     for stage in plan.stages:
         started = time.perf_counter()
         run.write_state("running", stage=stage.index, stage_label=stage_label(stage))
-        store = StageStore(run.cache, stage.cache_name)
+        store = StageStore(run.cache_storage, stage.cache_name)
         store.prepare(_describe(stage))
         works = []
         for ref in shards:
@@ -211,15 +211,15 @@ def _run_stages(plan: Plan, run: RunDir, shards: list[ShardRef], crash: CrashPla
             stage_label(stage),
             len(shards) - len(works),
             len(shards),
-            store.root.name,
+            store.name,
             len(works),
             retried,
         )
         if works:
             job = StageJob(
                 stage_index=stage.index,
-                earlier=tuple(str(s.root) for s in stores),
-                store=str(store.root),
+                earlier=tuple(stores),
+                store=store,
                 input_columns=tuple(c for s in stores for c in s.columns()),
                 declared=tuple(sorted({c for op in stage.operations for c in op.entry.modifies})),
                 step_ids=tuple(op.step_id for op in stage.operations),
@@ -245,7 +245,7 @@ def _run_stages(plan: Plan, run: RunDir, shards: list[ShardRef], crash: CrashPla
             "stage": stage.index,
             "computed": len(works),
             "reused": len(shards) - len(works),
-            "cache": store.root.name,
+            "cache": store.name,
         }
         entry["retried_rows"] = retried
         entry["seconds"] = round(time.perf_counter() - started, 2)

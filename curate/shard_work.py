@@ -14,7 +14,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from curate.parts import existing_parts
+from curate.parts import existing_parts, part_folder
 from curate.readers.base import ShardRef
 from curate.stage_store import StageStore
 
@@ -28,7 +28,7 @@ class ShardWork:
     attempt: str  # names the parts folder: the same work after a kill finds its parts again
     rows: tuple[int, ...] | None  # the rows to compute now; None: every row
     redo: tuple[int, ...] | None  # the rows of the previous output this work replaces; None: no previous output kept
-    parts: tuple[str, ...]  # parts an interrupted attempt left: their rows are not computed again
+    parts: tuple[str, ...]  # parts an interrupted attempt left (names in the stage's parts): not computed again
     covered: int  # rows already had: in those parts, plus the previous output's rows that are kept
     shard_rows: int | None  # known when anything is covered
     previous_version: str | None
@@ -54,7 +54,7 @@ def plan_shard_work(store: StageStore, ref: ShardRef, inputs: list[str], partial
     attempt = _attempt(inputs, previous["version"] if previous else None)
     if not partial_ok:
         return ShardWork(ref, tuple(inputs), attempt, None, None, (), 0, None, None)
-    parts, have_rows, shard_rows = existing_parts(store.parts_dir(ref.index, attempt))
+    parts, have_rows, shard_rows = existing_parts(store.parts, part_folder(ref.index, attempt))
     have = set(have_rows)
     if previous is not None:
         redo = tuple(previous["retry"])

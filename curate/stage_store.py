@@ -27,22 +27,20 @@ columns of stages 1..k laid over it, row by row (rows never change: one per inpu
 
 Folders are named by the fingerprint of the recipe up to and including the stage, so a re-run
 whose earlier steps did not change finds them and skips that work; nothing is ever overwritten
-in place (every file is written under a unique temporary name and renamed).
+in place (every file is committed whole: ``RunStorage.writer``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import uuid
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.readers.base import ShardRef, read_source_arrays, source_array_columns
+from curate.run_storage import RunStorage
 from schemas.tables import HEAVY_COLUMNS
 
 logger = logging.getLogger(__name__)
@@ -50,14 +48,6 @@ logger = logging.getLogger(__name__)
 KEY_COLUMNS = ("shard_index", "row_in_shard")
 # Columns that any stage may change (a step fails rows, decisions are folded in).
 BOOKKEEPING_COLUMNS = ("status", "error_message", "keep", "drop_reason", "decisions")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write under a unique temporary name, then rename: a reader never sees half a file, and two
-    writers of the same (deterministic) file never interleave."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _is_list(type_: pa.DataType) -> bool:
@@ -85,63 +75,65 @@ def write_sample_parquet(table: pa.Table, where) -> None:
     pq.write_table(table, where, use_dictionary=dictionary, write_statistics=statistics)
 
 
-def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    write_sample_parquet(table, tmp)
-    os.replace(tmp, path)
-
-
 class StageStore:
-    """The cache folder of one stage (or one barrier's state, ``barrier=True``)."""
+    """The cache folder ``name`` of one stage (or of one barrier's state) in the run's cache; on any
+    storage a run folder may live on, and picklable, so that Ray tasks on any node write to it."""
 
-    def __init__(self, cache_root: Path, name: str):
-        self.root = Path(cache_root) / name
-        self.done = self.root / "_done"
+    def __init__(self, cache: RunStorage, name: str):
+        self.name = name
+        self.storage = cache.child(name)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, StageStore) and self.storage == other.storage
+
+    def __hash__(self) -> int:
+        return hash(self.storage)
 
     def prepare(self, description: dict) -> None:
-        self.done.mkdir(parents=True, exist_ok=True)
-        info = self.root / "stage.json"
-        if not info.exists():
-            atomic_write_bytes(info, json.dumps(description, indent=2).encode())
-        for stale in self.root.glob(".*.tmp"):
-            stale.unlink(missing_ok=True)
+        self.storage.makedirs("_done")
+        if not self.storage.exists("stage.json"):
+            self.storage.write_json("stage.json", description)
+        self.storage.remove_temporaries()
 
-    def data_path(self, shard_index: int) -> Path:
-        return self.root / f"{shard_index:08d}.parquet"
+    @staticmethod
+    def data_name(shard_index: int) -> str:
+        return f"{shard_index:08d}.parquet"
 
-    def marker(self, shard_index: int) -> Path:
-        return self.done / f"{shard_index:08d}.json"
+    @staticmethod
+    def marker_name(shard_index: int) -> str:
+        return f"_done/{shard_index:08d}.json"
 
     def is_done(self, shard_index: int) -> bool:
-        return self.marker(shard_index).exists()
+        return self.storage.exists(self.marker_name(shard_index))
 
     def read_marker(self, shard_index: int) -> dict | None:
         try:
-            return json.loads(self.marker(shard_index).read_text())
+            return self.storage.read_json(self.marker_name(shard_index))
         except FileNotFoundError:
             return None
 
     @property
-    def parts_root(self) -> Path:
-        return self.root / "_parts"
+    def parts(self) -> RunStorage:
+        """Where the parts of attempts in flight are (``curate.parts``)."""
+        return self.storage.child("_parts")
 
-    def parts_dir(self, shard_index: int, attempt: str) -> Path:
-        return self.parts_root / f"{shard_index:08d}-{attempt}"
+    def parts_in_flight(self) -> int:
+        return sum(len(self.parts.list(folder, "*.arrow")) for folder in self.parts.list())
 
     def clear_parts(self) -> None:
         """Once every shard of the stage is committed, parts left are garbage: those of an attempt
         killed after its commit but before it removed them, or ones orphaned workers wrote late."""
-        shutil.rmtree(self.parts_root, ignore_errors=True)
+        self.storage.remove("_parts")
 
     def columns(self, *, stored_only: bool = False) -> list[str]:
         """Every column of this stage's output (``stored_only``: in its files, not ``in_source``),
         in first-seen order over its shards."""
         seen: dict[str, None] = {}
-        for path in sorted(self.done.glob("*.json")):
-            marker = json.loads(path.read_text())
+        for name in self.storage.list("_done", "*.json"):
+            marker = self.storage.read_json(f"_done/{name}")
             names = marker["columns"] if stored_only else marker.get("order", marker["columns"])
-            for name in names:
-                seen.setdefault(name, None)
+            for column in names:
+                seen.setdefault(column, None)
         return list(seen)
 
     def write(
@@ -156,9 +148,9 @@ class StageStore:
         """The stage's columns of one shard but those ``in_source`` (read again from the source when
         the shard is loaded; ``order`` places them among the others), then its marker (the marker
         vouches for the data); returns the new version."""
-        self.root.mkdir(parents=True, exist_ok=True)
         stored = table.drop_columns([c for c in in_source if c in table.column_names])
-        write_parquet_atomic(stored, self.data_path(shard_index))
+        with self.storage.writer(self.data_name(shard_index)) as f:
+            write_sample_parquet(stored, f)
         version = uuid.uuid4().hex
         marker = {
             "rows": table.num_rows,
@@ -169,11 +161,11 @@ class StageStore:
         }
         if in_source:
             marker.update(in_source=list(in_source), order=list(order or table.column_names))
-        atomic_write_bytes(self.marker(shard_index), json.dumps(marker).encode())
+        self.storage.write_bytes(self.marker_name(shard_index), json.dumps(marker).encode())
         return version
 
     def read(self, shard_index: int, columns: list[str] | None = None) -> pa.Table:
-        return pq.read_table(self.data_path(shard_index), columns=columns)
+        return self.storage.read_parquet(self.data_name(shard_index), columns)
 
 
 def stage_columns(output: pa.Table, input_columns: list[str], declared: set[str], first: bool) -> list[str]:
@@ -257,7 +249,7 @@ def staged_view_sql(stores: list[StageStore]) -> str:
         [*(quote_identifier(k) for k in KEY_COLUMNS), *(f"s{j}.{quote_identifier(c)}" for c, j in latest.items())]
     )
     sources = [
-        f"read_parquet({_sql_literal(str(store.root / '*.parquet'))}, union_by_name = true) AS s{j}"
+        f"read_parquet({_sql_literal(store.storage.url('*.parquet'))}, union_by_name = true) AS s{j}"
         for j, store in enumerate(stores)
     ]
     joins = sources[0] + "".join(f" JOIN {src} USING (shard_index, row_in_shard)" for src in sources[1:])
