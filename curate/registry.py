@@ -86,7 +86,8 @@ class ReaderEntry:
 @dataclass(frozen=True)
 class LayoutEntry:
     name: str
-    # ``write_shard(ctx, name, kept) -> (files, counters)``, ``finish(run, recipe, markers) -> stats`` and,
+    # ``write_shard(ctx, name, kept, files) -> counters`` (staging its files in ``files``, a
+    # ``StagedFiles``), ``finish(run, recipe, markers) -> stats`` and,
     # optionally, ``validate(recipe)`` (raises ValueError) for rules of its own.
     cls: type
     writes_images: bool  # whether the sink needs the kept rows' image bytes

@@ -26,6 +26,7 @@ import os
 import posixpath
 import shutil
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -334,3 +335,47 @@ class Lease:
         seen = self._current()
         if seen is not None and seen[1].get("token") == self.holder["token"]:
             self.storage.fs.rm_file(self.key)
+
+
+class StagedFiles:
+    """The files of one commit (a finished shard's tar, sidecar, stats, split sets): each is written
+    at a local path that ``path`` gives, by any writer (``tarfile``, pyarrow), and ``commit`` puts
+    them at their final names in the order they were staged. Locally a staged file sits beside its
+    final name and is renamed; for an object store it sits in a scratch folder and is uploaded.
+    Whatever was not committed when the block ends is removed."""
+
+    def __init__(self, storage: RunStorage):
+        self.storage = storage
+        self._staged: list[tuple[str, str]] = []  # (final name, staging path)
+        self._scratch = None if storage.is_local else tempfile.mkdtemp(prefix="curate-staged-")
+
+    def __enter__(self) -> StagedFiles:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for _, staged in self._staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staged)
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+
+    def path(self, rel: str) -> str:
+        """A local path to write the file that ``commit`` puts at ``rel``."""
+        if self.storage.is_local:
+            final = self.storage.path(rel)
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            # The pid names it, so that a shard redone by another process never writes the same file,
+            # and what a killed writer left is a temporary file that a new run removes.
+            staged = posixpath.join(os.path.dirname(final), f".{os.path.basename(final)}.{os.getpid()}.tmp")
+        else:
+            staged = os.path.join(self._scratch, f"{len(self._staged):04d}-{posixpath.basename(rel)}")
+        self._staged.append((rel, staged))
+        return staged
+
+    def commit(self) -> None:
+        for rel, staged in self._staged:
+            if self.storage.is_local:
+                os.replace(staged, self.storage.path(rel))
+            else:  # the object exists once its upload completes, whole
+                self.storage.fs.put_file(staged, self.storage.path(rel))
+        self._staged = []

@@ -153,8 +153,12 @@ class RunDir:
         for stale in [*self.shards.glob(".*.tmp"), *self.chunks.glob(".*.tmp"), *self.root.glob(".*.tmp")]:
             stale.unlink(missing_ok=True)
 
+    @staticmethod
+    def marker_name(shard_index: int) -> str:
+        return f"_done/{shard_index:08d}.json"
+
     def marker(self, shard_index: int) -> Path:
-        return self.done / f"{shard_index:08d}.json"
+        return self.root / self.marker_name(shard_index)
 
     def is_done(self, shard_index: int) -> bool:
         return self.marker(shard_index).exists()

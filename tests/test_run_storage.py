@@ -5,13 +5,14 @@ lease on the object store: refused while its holder lives, taken over once it is
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
 import pytest
 from s3_server import new_bucket
 
-from curate.run_storage import LEASE_NAME, Lease, RunStorage, RunStorageError
+from curate.run_storage import LEASE_NAME, Lease, RunStorage, RunStorageError, StagedFiles
 
 LEASE_S = 4.0  # renewed every second; a stalled renewal would have to be 4 s late to count as dead
 
@@ -44,6 +45,25 @@ def test_a_streamed_file_is_invisible_until_its_writer_ends(storage):
         assert not storage.exists("shards/00000000.tar")
     assert storage.read_bytes("shards/00000000.tar") == b"x" * 100_000
     assert storage.url("shards/00000000.tar").endswith("/run/shards/00000000.tar")
+
+
+def test_staged_files_appear_only_when_committed_and_a_failed_commit_leaves_nothing(storage):
+    with StagedFiles(storage) as files:
+        with open(files.path("shards/00000000.tar"), "wb") as f:
+            f.write(b"tar")
+        with open(files.path("split/a/00000000.parquet"), "wb") as f:
+            f.write(b"pq")
+        assert storage.list("shards") == [] and not storage.exists("split/a/00000000.parquet")
+        files.commit()
+    assert storage.read_bytes("shards/00000000.tar") == b"tar"
+    assert storage.read_bytes("split/a/00000000.parquet") == b"pq"
+    with pytest.raises(RuntimeError, match="writer died"), StagedFiles(storage) as files:
+        staged = files.path("shards/00000001.tar")
+        with open(staged, "wb") as f:
+            f.write(b"half")
+        raise RuntimeError("writer died")
+    assert storage.list("shards") == ["00000000.tar"]  # nothing of the failed shard, not even its temporary
+    assert not os.path.exists(staged)
 
 
 def test_a_held_folder_is_refused_to_a_second_holder(storage):

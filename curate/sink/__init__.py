@@ -4,15 +4,15 @@
 bytes from the source by byte range when the layout writes images and the last stage did not
 carry them, and writes ``shards/NNNNNNNN.parquet`` (every row, no bytes) and
 ``NNNNNNNN_stats.json`` plus what the output layout writes (``output.layout``, a registered
-layout: ``samples`` tars, ``buckets`` chunks, split sets), each under a temporary name. Then it
-renames them into place and writes the shard's done-marker last. A kill at any moment leaves
-either a done shard or one to redo, and a redo writes the same bytes.
+layout: ``samples`` tars, ``buckets`` chunks, split sets), each staged (``StagedFiles``: under a
+temporary name beside the final one, or in a local scratch folder for an object store). Then it
+commits them (renamed, or uploaded) and writes the shard's done-marker last. A kill at any moment
+leaves either a done shard or one to redo, and a redo writes the same bytes.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,8 @@ import pyarrow.compute as pc
 from curate.crashpoints import CrashPlan, crash_point
 from curate.readers.base import ShardRef, fetch_images, source_array_columns
 from curate.registry import get_layout
-from curate.rundir import RunDir, atomic_write_text
+from curate.run_storage import StagedFiles
+from curate.rundir import RunDir
 from curate.stage_store import write_sample_parquet
 from curate.stats import shard_counters
 from schemas.recipe import OutputSpec
@@ -52,10 +53,6 @@ def output_key(shard_index: int, row_in_shard: int) -> str:
     return f"{shard_index:08d}{row_in_shard:06d}"
 
 
-def tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def sidecar(table: pa.Table) -> pa.Table:
     """The Parquet sidecar is metadata: image bytes live in the tar, token ids in the bucket shards."""
     heavy = [c for c in (*HEAVY_COLUMNS, *RUNNER_COLUMNS, "tokens") if c in table.column_names]
@@ -83,8 +80,8 @@ def with_images(ref: ShardRef, table: pa.Table) -> pa.Table:
 
 
 def write_final_shard(ctx: SinkContext, ref: ShardRef, table: pa.Table, stage_version: str) -> dict:
-    """Write one whole shard: its files under temporary names, renamed, then its done-marker, which
-    names the version of the last stage's output it was written from (``stage_version``)."""
+    """Write one whole shard: its files staged and committed, then its done-marker, which names the
+    version of the last stage's output it was written from (``stage_version``)."""
     run, output = ctx.run, ctx.output
     layout = get_layout(output.layout)
     name = shard_name(ref.index)
@@ -101,25 +98,23 @@ def write_final_shard(ctx: SinkContext, ref: ShardRef, table: pa.Table, stage_ve
     table = table.append_column("shard", pa.array([f"{name}.tar"] * table.num_rows, pa.string()))
     kept = table.filter(pc.fill_null(table["keep"], False))
 
-    files, extra = layout.cls().write_shard(ctx, name, kept)
-    final = {run.shards / f"{name}.parquet": None, run.shards / f"{name}_stats.json": None}
-    write_sample_parquet(sidecar(table), tmp_path(run.shards / f"{name}.parquet"))
-    written = extra.get("samples_written", kept.num_rows)
-    tmp_path(run.shards / f"{name}_stats.json").write_text(
-        json.dumps({"successes": written, "count": table.num_rows, "kept": kept.num_rows}, indent=2)
-    )
-    counters = {
-        "shard": f"{name}.tar",
-        "shard_index": ref.index,
-        "source": ref.path,
-        **shard_counters(table, list(ctx.step_rows)),
-        "samples_written": written,
-        **{k: v for k, v in extra.items() if k != "samples_written"},
-        "stage_version": stage_version,
-    }
-    crash_point("shard_files_written", ctx.crash)
-    for path in [*files, *final]:
-        os.replace(tmp_path(path), path)
+    with StagedFiles(run.storage) as files:
+        extra = layout.cls().write_shard(ctx, name, kept, files)
+        write_sample_parquet(sidecar(table), files.path(f"shards/{name}.parquet"))
+        written = extra.get("samples_written", kept.num_rows)
+        stats = {"successes": written, "count": table.num_rows, "kept": kept.num_rows}
+        Path(files.path(f"shards/{name}_stats.json")).write_text(json.dumps(stats, indent=2))
+        counters = {
+            "shard": f"{name}.tar",
+            "shard_index": ref.index,
+            "source": ref.path,
+            **shard_counters(table, list(ctx.step_rows)),
+            "samples_written": written,
+            **{k: v for k, v in extra.items() if k != "samples_written"},
+            "stage_version": stage_version,
+        }
+        crash_point("shard_files_written", ctx.crash)
+        files.commit()
     crash_point("shard_renamed", ctx.crash)
-    atomic_write_text(run.marker(ref.index), json.dumps(counters, indent=2))
+    run.storage.write_json(run.marker_name(ref.index), counters)
     return counters

@@ -30,8 +30,8 @@ import pyarrow.parquet as pq
 
 from curate.pack.manifest import build_manifest, write_manifest
 from curate.registry import register_layout
+from curate.run_storage import StagedFiles
 from curate.rundir import RunDir, atomic_write_text
-from curate.sink import tmp_path
 from curate.sink.tars import add_member
 from schemas.recipe import Recipe
 
@@ -49,7 +49,7 @@ CHUNK_FILE_SCHEMA = pa.schema(
 )
 
 
-def write_chunk_file(path: Path, kept: pa.Table) -> int:
+def write_chunk_file(path: str, kept: pa.Table) -> int:
     """Cut the kept samples' tokens along their chunk plans; returns the number of chunks."""
     rows = []
     for uid, tokens, plan, n in zip(
@@ -151,10 +151,8 @@ def write_buckets(run: RunDir, recipe: Recipe) -> dict:
 class BucketsLayout:
     """Token chunks in one shard set per power-of-two length (D_k/), with manifest.json."""
 
-    def write_shard(self, ctx, name: str, kept: pa.Table) -> tuple[list[Path], dict]:
-        path = ctx.run.chunks / f"{name}.parquet"
-        chunks = write_chunk_file(tmp_path(path), kept)
-        return [path], {"chunks": chunks}
+    def write_shard(self, ctx, name: str, kept: pa.Table, files: StagedFiles) -> dict:
+        return {"chunks": write_chunk_file(files.path(f"_chunks/{name}.parquet"), kept)}
 
     @staticmethod
     def validate(recipe: Recipe) -> None:

@@ -8,32 +8,30 @@ With ``output.split`` each also writes one shard set per value of the split colu
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pyarrow as pa
 
 from curate.registry import register_layout
+from curate.run_storage import StagedFiles
 from curate.rundir import RunDir, atomic_write_text
-from curate.sink import sidecar, tmp_path
+from curate.sink import sidecar
 from curate.sink.splits import finish_splits, split_finals, split_members
 from curate.sink.tars import write_tar
 from curate.stage_store import write_sample_parquet
 from schemas.recipe import Recipe
 
 
-def _write_splits(ctx, name: str, kept: pa.Table, files: list[Path]) -> dict:
+def _write_splits(ctx, name: str, kept: pa.Table, files: StagedFiles) -> dict:
     output = ctx.output
     if output.split is None:
         return {}
     members = split_members(kept, output.split.column)
-    for (value, ext), path in split_finals(ctx.run, output, name, list(members)).items():
-        path.parent.mkdir(parents=True, exist_ok=True)
+    for (value, ext), rel in split_finals(output, name, list(members)).items():
         rows = kept.take(members[value])
         if ext == ".tar":
-            write_tar(tmp_path(path), rows, output.caption_field)
+            write_tar(files.path(rel), rows, output.caption_field)
         else:
-            write_sample_parquet(sidecar(rows), tmp_path(path))
-        files.append(path)
+            write_sample_parquet(sidecar(rows), files.path(rel))
     return {"splits": {value: len(rows) for value, rows in members.items()}}
 
 
@@ -41,11 +39,9 @@ def _write_splits(ctx, name: str, kept: pa.Table, files: list[Path]) -> dict:
 class SamplesLayout:
     """One WebDataset shard of the kept samples per input shard, with sizes.json."""
 
-    def write_shard(self, ctx, name: str, kept: pa.Table) -> tuple[list[Path], dict]:
-        tar = ctx.run.shards / f"{name}.tar"
-        written = write_tar(tmp_path(tar), kept, ctx.output.caption_field)
-        files = [tar]
-        return files, {"samples_written": written, **_write_splits(ctx, name, kept, files)}
+    def write_shard(self, ctx, name: str, kept: pa.Table, files: StagedFiles) -> dict:
+        written = write_tar(files.path(f"shards/{name}.tar"), kept, ctx.output.caption_field)
+        return {"samples_written": written, **_write_splits(ctx, name, kept, files)}
 
     def finish(self, run: RunDir, recipe: Recipe, markers: list[dict]) -> dict:
         sizes = {m["shard"]: m["samples_written"] for m in sorted(markers, key=lambda m: m["shard_index"])}
@@ -57,9 +53,8 @@ class SamplesLayout:
 class MetadataLayout:
     """Only the Parquet sidecars (and subset.npy): for metadata-only pools such as DataComp's."""
 
-    def write_shard(self, ctx, name: str, kept: pa.Table) -> tuple[list[Path], dict]:
-        files: list[Path] = []
-        return files, {"samples_written": kept.num_rows, **_write_splits(ctx, name, kept, files)}
+    def write_shard(self, ctx, name: str, kept: pa.Table, files: StagedFiles) -> dict:
+        return {"samples_written": kept.num_rows, **_write_splits(ctx, name, kept, files)}
 
     def finish(self, run: RunDir, recipe: Recipe, markers: list[dict]) -> dict:
         return _finish_splits(run, recipe, markers)

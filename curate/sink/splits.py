@@ -48,10 +48,11 @@ def split_folder(run: RunDir, output: OutputSpec, value: str) -> Path:
     return run.root / output.split.folder / value
 
 
-def split_finals(run: RunDir, output: OutputSpec, name: str, values: list[str]) -> dict[tuple[str, str], Path]:
-    """Final paths of one shard's split files, keyed (value, extension)."""
+def split_finals(output: OutputSpec, name: str, values: list[str]) -> dict[tuple[str, str], str]:
+    """Names (in the run folder) of one shard's split files, keyed (value, extension)."""
+    assert output.split is not None
     exts = (".parquet", ".tar") if get_layout(output.layout).writes_images else (".parquet",)
-    return {(v, ext): split_folder(run, output, v) / f"{name}{ext}" for v in values for ext in exts}
+    return {(v, ext): f"{output.split.folder}/{v}/{name}{ext}" for v in values for ext in exts}
 
 
 def finish_splits(run: RunDir, output: OutputSpec, markers: list[dict]) -> dict[str, int]:
