@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
-import shutil
 import socket
 import time
 import traceback
@@ -28,9 +26,12 @@ from pathlib import Path
 
 import yaml
 
-from curate.run_storage import RunStorage, RunStorageError
+from curate.run_storage import DEFAULT_LEASE_S, LEASE_NAME, RunStorage, RunStorageError
 from schemas.recipe import Recipe
 from schemas.tables import RETRYABLE_STATUSES
+
+STATE_NAME = "run_state.json"
+RUN_FOLDERS = ("shards", "_done", "_tmp", "_chunks")
 
 
 class RunFolderError(RuntimeError):
@@ -45,10 +46,14 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 class RunDir:
+    """A run folder (a local path, or an object-store URL such as ``s3://bucket/run``). Its files are
+    read and written through ``storage``; the ``Path`` attributes name the same files locally, for
+    the readers (catalog, report) that still need a local run."""
+
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root).resolve()
-        self.storage = RunStorage(str(self.root))
+        self.storage = RunStorage(str(root))
         self.cache_storage = self.storage.child("_cache")  # what stage stores live in (``StageStore``)
+        self.root = Path(self.storage.root)
         self.shards = self.root / "shards"
         self.done = self.root / "_done"
         self.tmp = self.root / "_tmp"
@@ -59,19 +64,33 @@ class RunDir:
         self.cache = self.root / "_cache"  # stage outputs and barrier states, by fingerprint
         self.artifacts = self.root / "artifacts"
 
+    @property
+    def url(self) -> str:
+        return self.storage.url()
+
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the run folder exclusively (``RunStorage.hold``: locally an ``fcntl`` lock, which the
-        OS drops if the process is killed)."""
+        OS drops if the process is killed; on an object store a lease)."""
         with contextlib.ExitStack() as stack:
             try:
-                stack.enter_context(RunStorage(str(self.root)).hold())
+                stack.enter_context(self.storage.hold())
             except RunStorageError as e:
                 raise RunFolderError(str(e)) from None
             yield
 
     def lock_holder(self) -> str | None:
-        """The pid of the curate process that holds the run folder now, or None when none does."""
+        """Who holds the run folder now (a pid, or a pid and host for a lease), or None when none does."""
+        if not self.storage.is_local:
+            try:
+                lease = self.storage.read_json(LEASE_NAME)
+            except FileNotFoundError:
+                return None
+            # A lease its holder stopped renewing is a dead run's (the clock of another machine is
+            # compared here, so only for what ``curate status`` shows, never to take the lease).
+            if time.time() - float(lease.get("renewed", 0)) > 2 * float(lease.get("lease_s", DEFAULT_LEASE_S)):
+                return None
+            return f"{lease.get('pid')} on {lease.get('host')}"
         path = self.root / ".lock"
         if not path.exists():
             return None
@@ -86,22 +105,22 @@ class RunDir:
         finally:
             os.close(fd)
 
-    @property
-    def state_path(self) -> Path:
-        return self.root / "run_state.json"
+    def read_json(self, name: str, default=None):
+        """A JSON file of the run folder, or ``default`` when there is none."""
+        try:
+            return self.storage.read_json(name)
+        except FileNotFoundError:
+            return default
 
     def read_state(self) -> dict:
-        try:
-            return json.loads(self.state_path.read_text())
-        except FileNotFoundError:
-            return {}
+        return self.read_json(STATE_NAME, {})
 
     def write_state(self, state: str, **fields) -> None:
         """Record what this invocation is doing (``curate status`` reads it); ``running`` left behind
         by a process that no longer holds the lock means the run was interrupted."""
         entry = {**self.read_state(), "state": state, "pid": os.getpid(), "host": socket.gethostname()}
         entry.update(fields, updated=time.time())
-        atomic_write_text(self.state_path, json.dumps(entry, indent=2))
+        self.storage.write_json(STATE_NAME, entry)
 
     def record_error(self, exc: BaseException) -> None:
         lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
@@ -109,63 +128,63 @@ class RunDir:
 
     def prepare(self, recipe: Recipe, fingerprint: str, *, overwrite: bool) -> bool:
         """Create or reopen the run folder; returns True when resuming an earlier run."""
-        info_path = self.root / "run.json"
-        if info_path.exists():
-            info = json.loads(info_path.read_text())
+        info = self.read_json("run.json")
+        if info is not None:
             if info.get("fingerprint") == fingerprint:
                 self._clear_tmp()
                 return True
             if not overwrite:
                 raise RunFolderError(
-                    f"output folder {self.root} holds a run of a different recipe or input "
+                    f"output folder {self.url} holds a run of a different recipe or input "
                     f"(recipe {info.get('recipe')!r}); pass --overwrite to replace its output (stages that did not "
                     "change are reused from its cache), or choose another --output"
                 )
             self._wipe()
-        elif any(p.name != ".lock" for p in self.root.iterdir()) and not overwrite:
+        elif self._names() and not overwrite:
             raise RunFolderError(
-                f"output folder {self.root} is not empty and is not a curate run; "
+                f"output folder {self.url} is not empty and is not a curate run; "
                 "choose an empty folder or pass --overwrite"
             )
         elif overwrite:
             self._wipe()
-        for d in (self.shards, self.done, self.tmp, self.chunks):
-            d.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.root / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+        for d in RUN_FOLDERS:
+            self.storage.makedirs(d)
+        recipe_yaml = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+        self.storage.write_bytes("recipe.yaml", recipe_yaml.encode())
         # run.json last: its presence says the folder is initialised for this fingerprint.
-        atomic_write_text(info_path, json.dumps({"fingerprint": fingerprint, "recipe": recipe.name}, indent=2))
+        self.storage.write_json("run.json", {"fingerprint": fingerprint, "recipe": recipe.name})
         return False
+
+    def _names(self) -> list[str]:
+        """What the folder holds, but its hold (the lock file, the lease)."""
+        return [n for n in self.storage.list() if n not in (".lock", LEASE_NAME)]
 
     def _wipe(self) -> None:
         """Remove the run's output; the stage cache stays (its folders are keyed by fingerprint)."""
-        for child in self.root.iterdir():
-            if child.name in (".lock", self.cache.name):
-                continue
-            if child.is_dir():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
+        for name in self._names():
+            if name != "_cache":
+                self.storage.remove(name)
 
     def _clear_tmp(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        for d in (self.shards, self.done, self.tmp, self.chunks):
-            d.mkdir(parents=True, exist_ok=True)
-        for stale in [*self.shards.glob(".*.tmp"), *self.chunks.glob(".*.tmp"), *self.root.glob(".*.tmp")]:
-            stale.unlink(missing_ok=True)
+        self.storage.remove("_tmp")
+        for d in RUN_FOLDERS:
+            self.storage.makedirs(d)
+        for d in ("shards", "_chunks", ""):
+            self.storage.remove_temporaries(d)
 
     @staticmethod
     def marker_name(shard_index: int) -> str:
         return f"_done/{shard_index:08d}.json"
 
-    def marker(self, shard_index: int) -> Path:
-        return self.root / self.marker_name(shard_index)
+    def read_marker(self, shard_index: int) -> dict | None:
+        return self.read_json(self.marker_name(shard_index))
 
     def is_done(self, shard_index: int) -> bool:
-        return self.marker(shard_index).exists()
+        return self.storage.exists(self.marker_name(shard_index))
 
     def has_retryable_rows(self) -> bool:
         """Whether a finished shard holds rows failed with a retryable status (a re-run retries them)."""
         return any(set(m["status"]) & set(RETRYABLE_STATUSES) for m in self.read_markers())
 
     def read_markers(self) -> list[dict]:
-        return [json.loads(p.read_text()) for p in sorted(self.done.glob("*.json"))]
+        return [self.storage.read_json(f"_done/{name}") for name in self.storage.list("_done", "*.json")]

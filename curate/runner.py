@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 
@@ -35,7 +34,7 @@ from curate.executor import WRITE_NUM_CPUS, StageJob, run_stage, sink_cached, st
 from curate.plan import Plan, Stage, compile_plan
 from curate.readers.base import ShardRef, list_shards, preflight
 from curate.registry import get_layout
-from curate.rundir import RunDir, atomic_write_text
+from curate.rundir import RunDir
 from curate.shard_tasks import (
     LocalShardTasks,
     RayShardTasks,
@@ -182,14 +181,11 @@ def _describe(stage: Stage) -> dict:
 
 def _final_is_current(run: RunDir, ref: ShardRef, version: str) -> bool:
     """Whether the shard's final files were written from the last stage's output of ``version``."""
-    try:
-        return json.loads(run.marker(ref.index).read_text()).get("stage_version") == version
-    except FileNotFoundError:
-        return False
+    return (run.read_marker(ref.index) or {}).get("stage_version") == version
 
 
 def _run_stages(plan: Plan, run: RunDir, shards: list[ShardRef], crash: CrashPlan, tasks: ShardTasks) -> list[dict]:
-    sink = SinkContext(str(run.root), plan.recipe.output, plan.step_rows, crash)
+    sink = SinkContext(run.url, plan.recipe.output, plan.step_rows, crash)
     stores: list[StageStore] = []
     states: dict[str, dict] = {}
     # Per shard, the versions its next stage is computed from: earlier stage outputs, barrier states.
@@ -269,7 +265,12 @@ def _run_stages(plan: Plan, run: RunDir, shards: list[ShardRef], crash: CrashPla
 
 
 def _save_states(run: RunDir, states: dict[str, dict]) -> None:
-    atomic_write_text(run.root / "global_state.json", json.dumps(states, indent=2))
+    run.storage.write_json("global_state.json", states)
+
+
+def _write_table(run: RunDir, name: str, table: pa.Table) -> None:
+    with run.storage.writer(name) as f:
+        pq.write_table(table, f)
 
 
 def _write_summary(plan: Plan, run: RunDir, stages: list[dict]) -> dict:
@@ -290,7 +291,7 @@ def _write_summary(plan: Plan, run: RunDir, stages: list[dict]) -> dict:
         }
         for m in markers
     ]
-    pq.write_table(pa.Table.from_pylist(shard_rows), run.root / "shards.parquet")
+    _write_table(run, "shards.parquet", pa.Table.from_pylist(shard_rows))
     step_rows = []
     for step_id in stats["steps_order"]:
         c = stats["steps"].get(step_id, {"in": 0, "kept": 0, "dropped": {}, "failed": {}})
@@ -305,12 +306,12 @@ def _write_summary(plan: Plan, run: RunDir, stages: list[dict]) -> dict:
                 "failed_by_reason": json.dumps(c["failed"]),
             }
         )
-    pq.write_table(pa.Table.from_pylist(step_rows), run.root / "steps.parquet")
+    _write_table(run, "steps.parquet", pa.Table.from_pylist(step_rows))
     build_catalog(run.root)
     # The kept uids as a DataComp subset file, for DataComp's resharder or `curate run reshard`.
     stats["subset"] = {"path": "subset.npy", "uids": export_run_subset(run.root, run.root / "subset.npy")}
-    atomic_write_text(run.stats, json.dumps(stats, indent=2))
-    shutil.rmtree(run.tmp, ignore_errors=True)
+    run.storage.write_json("stats.json", stats)
+    run.storage.remove("_tmp")
     return stats
 
 
@@ -320,7 +321,7 @@ def run_recipe(recipe: Recipe, *, overwrite: bool = False) -> RunResult:
     with run.lock():
         # Listing is cheap and needs no Ray; for URL pools the download is itself resumable.
         if recipe.input.format == "urls":
-            run.root.mkdir(parents=True, exist_ok=True)
+            run.storage.makedirs()
             plan = compile_plan(recipe, [recipe.input.path])
         else:
             shards = resolve_shards(recipe, run)
@@ -342,7 +343,7 @@ def run_recipe(recipe: Recipe, *, overwrite: bool = False) -> RunResult:
                 finally:
                     tasks.close()
             # What this invocation computed and reused (stats.json holds only what the output is).
-            atomic_write_text(run.root / "stages.json", json.dumps(stages, indent=2))
+            run.storage.write_json("stages.json", stages)
             crash_point("before_run_summary")
             stats = _write_summary(plan, run, stages)
         except Exception as exc:

@@ -7,13 +7,11 @@ With ``output.split`` each also writes one shard set per value of the split colu
 
 from __future__ import annotations
 
-import json
-
 import pyarrow as pa
 
 from curate.registry import register_layout
 from curate.run_storage import StagedFiles
-from curate.rundir import RunDir, atomic_write_text
+from curate.rundir import RunDir
 from curate.sink import sidecar
 from curate.sink.splits import finish_splits, split_finals, split_members
 from curate.sink.tars import write_tar
@@ -45,7 +43,7 @@ class SamplesLayout:
 
     def finish(self, run: RunDir, recipe: Recipe, markers: list[dict]) -> dict:
         sizes = {m["shard"]: m["samples_written"] for m in sorted(markers, key=lambda m: m["shard_index"])}
-        atomic_write_text(run.shards / "sizes.json", json.dumps(sizes, indent=2))
+        run.storage.write_json("shards/sizes.json", sizes)
         return _finish_splits(run, recipe, markers)
 
 
