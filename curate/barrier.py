@@ -15,12 +15,14 @@ of a shard before the barrier (a retry), the state no longer matches them and is
 from __future__ import annotations
 
 import logging
-import shutil
+import os
+import tempfile
 from pathlib import Path
 
 import duckdb
 
 from curate.plan import Stage
+from curate.run_storage import RunStorage
 from curate.rundir import RunDir
 from curate.stage_store import StageStore, staged_view_sql
 from curate.steps import build_step
@@ -45,26 +47,50 @@ def compute_state(run: RunDir, stage: Stage, stores: list[StageStore], inputs: s
             return record["state"], True
     storage.remove("artifacts")  # a killed earlier attempt's; recomputed identically
     storage.makedirs()
-    artifacts = Path(storage.path("artifacts"))
-    con = duckdb.connect()
-    try:
-        view = staged_view_sql(stores)
-        if op.rows == "kept":
-            view = f"SELECT * FROM ({view}) WHERE status = 'success' AND keep"
-        con.execute(f"CREATE VIEW staged AS {view}")
-        step = build_step(op.spec.name, op.spec.params)
-        state = step.global_state(con, artifacts=artifacts)
-    finally:
-        con.close()
+
+    def compute(artifacts: Path) -> dict:
+        con = duckdb.connect()
+        try:
+            if not storage.is_local:  # the staged view reads the stage outputs where they are
+                con.register_filesystem(storage.fs)
+            view = staged_view_sql(stores)
+            if op.rows == "kept":
+                view = f"SELECT * FROM ({view}) WHERE status = 'success' AND keep"
+            con.execute(f"CREATE VIEW staged AS {view}")
+            return build_step(op.spec.name, op.spec.params).global_state(con, artifacts=artifacts)
+        finally:
+            con.close()
+
+    state = _with_artifacts(storage, compute)
     logger.info("global step %s: %s", op.step_id, {k: v for k, v in state.items() if not isinstance(v, list | dict)})
     storage.write_json("state.json", {"inputs": inputs, "state": state})
     return state, False
 
 
+def _with_artifacts(storage: RunStorage, compute) -> dict:
+    """``compute(artifacts)`` with a local folder for the files a global step keeps (centroids, entry
+    counts). Locally that is the barrier's own ``artifacts/``; for an object store a scratch folder
+    whose files are uploaded there, the paths the state names rewritten to their URLs (the
+    state's readers are Ray tasks on any node)."""
+    if storage.is_local:
+        return compute(Path(storage.path("artifacts")))
+    with tempfile.TemporaryDirectory(prefix="curate-artifacts-") as scratch:
+        state = compute(Path(scratch))
+        storage.put_folder(scratch, "artifacts")
+        return _relocated(state, scratch, storage.url("artifacts"))
+
+
+def _relocated(value, old: str, new: str):
+    if isinstance(value, str) and (value == old or value.startswith(old + os.sep)):
+        return new + value[len(old) :].replace(os.sep, "/")
+    if isinstance(value, dict):
+        return {k: _relocated(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relocated(v, old, new) for v in value]
+    return value
+
+
 def publish_artifacts(run: RunDir, stage: Stage) -> None:
     """Copy a barrier's artifacts to ``RUN/artifacts/<step id>/``, where users and commands look."""
-    source = Path(barrier_store(run, stage).storage.path("artifacts"))
-    target = run.artifacts / stage.barrier.step_id
-    shutil.rmtree(target, ignore_errors=True)
-    if source.exists():
-        shutil.copytree(source, target)
+    cached = f"{run.cache_storage.name}/{stage.barrier_cache_name}/artifacts"
+    run.storage.copy_folder(cached, f"artifacts/{stage.barrier.step_id}")

@@ -8,9 +8,11 @@ database file); ``curate catalog RUN`` rebuilds them after a run folder is moved
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import tempfile
 
 import duckdb
+
+from curate.run_storage import RunStorage
 
 CATALOG_STORAGE_VERSION = "v1.0.0"
 
@@ -33,32 +35,44 @@ VIEWS = {
 OPTIONAL_VIEWS = {"chunks": "D_*/*.parquet"}
 
 
-def _sql_path(path: Path) -> str:
+def _sql_path(path: str) -> str:
     return str(path).replace("'", "''")
 
 
-def build_catalog(run_root: str | os.PathLike) -> Path:
-    root = Path(run_root).resolve()
-    target = root / "catalog.duckdb"
-    tmp = root / ".catalog.duckdb.tmp"
-    tmp.unlink(missing_ok=True)
-    # Readable by the DuckDB CLI on PyPI (duckdb-cli 1.5.x), which cannot open duckdb 2.0's default
-    # storage format; views over Parquet need nothing newer.
-    con = duckdb.connect(str(tmp), config={"storage_compatibility_version": CATALOG_STORAGE_VERSION})
-    try:
-        for name, sql in VIEWS.items():
-            if name in OPTIONAL_VIEWS and not any(root.glob(OPTIONAL_VIEWS[name])):
-                continue
-            con.execute(f"CREATE VIEW {name} AS {sql.format(root=_sql_path(root))}")
-    finally:
-        con.close()
-    Path(str(tmp) + ".wal").unlink(missing_ok=True)
-    os.replace(tmp, target)
-    return target
+def build_catalog(run_root: str | os.PathLike) -> str:
+    """Write ``catalog.duckdb`` into the run folder (local or on an object store); returns its URL."""
+    storage = RunStorage(str(run_root))
+    with tempfile.TemporaryDirectory(prefix="curate-catalog-") as scratch:
+        local = os.path.join(scratch, "catalog.duckdb")
+        # Readable by the DuckDB CLI on PyPI (duckdb-cli 1.5.x), which cannot open duckdb 2.0's default
+        # storage format; views over Parquet need nothing newer.
+        con = duckdb.connect(local, config={"storage_compatibility_version": CATALOG_STORAGE_VERSION})
+        try:
+            if not storage.is_local:  # a view is bound when created: DuckDB reads the remote files
+                con.register_filesystem(storage.fs)
+            for name, sql in VIEWS.items():
+                if name in OPTIONAL_VIEWS and not storage.glob(OPTIONAL_VIEWS[name]):
+                    continue
+                con.execute(f"CREATE VIEW {name} AS {sql.format(root=_sql_path(storage.url()))}")
+        finally:
+            con.close()
+        storage.put_file(local, "catalog.duckdb")
+    return storage.url("catalog.duckdb")
 
 
 def connect(run_root: str | os.PathLike) -> duckdb.DuckDBPyConnection:
-    path = Path(run_root) / "catalog.duckdb"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: is {run_root} a finished curate run?")
-    return duckdb.connect(str(path), read_only=True)
+    """The run's catalog, read-only. For a run on an object store, a local copy of the catalog whose
+    views read the remote Parquet through the run's filesystem (DuckDB's fsspec support, so no
+    DuckDB extension is needed)."""
+    storage = RunStorage(str(run_root))
+    if not storage.exists("catalog.duckdb"):
+        raise FileNotFoundError(f"{storage.url('catalog.duckdb')} does not exist: is {run_root} a finished curate run?")
+    if storage.is_local:
+        return duckdb.connect(storage.path("catalog.duckdb"), read_only=True)
+    local = os.path.join(tempfile.mkdtemp(prefix="curate-catalog-"), "catalog.duckdb")
+    storage.get_file("catalog.duckdb", local)
+    con = duckdb.connect(local, read_only=True)
+    con.register_filesystem(storage.fs)
+    os.unlink(local)  # the connection holds it open; nothing is left behind when it closes
+    os.rmdir(os.path.dirname(local))
+    return con

@@ -112,6 +112,29 @@ def validate_recipe(data: dict) -> Recipe:
         raise RecipeError(format_validation_error(exc)) from None
 
 
+def _check_output_url(recipe: Recipe) -> None:
+    """A run folder is a local path or an fsspec URL whose filesystem is installed; anything else
+    fails now, naming the value, instead of becoming a local folder named after it (./s3:/bucket)."""
+    import fsspec
+
+    path = recipe.output.path
+    protocol = path.split("://", 1)[0] if "://" in path else "file"
+    if protocol in ("file", "local"):
+        return
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except (ImportError, ValueError) as exc:
+        raise RecipeError(
+            f"output.path: value {path!r}: no filesystem for {protocol!r} ({exc}); allowed: a local path, "
+            "or an object-store URL such as s3://bucket/run (s3fs) whose fsspec filesystem is installed"
+        ) from None
+    if recipe.input.format == "urls":
+        raise RecipeError(
+            f"output.path: value {path!r}: a URL pool (input.format 'urls') downloads its images into the run "
+            "folder on local disk; allowed: a local --output, or download with img2dataset first and run on its shards"
+        )
+
+
 def load_recipe(
     name_or_path: str,
     overrides: list[str] | None = None,
@@ -131,10 +154,5 @@ def load_recipe(
         raise RecipeError("input.path: value None: an input is required (recipe input.path or --input)")
     if not recipe.output.path:
         raise RecipeError("output.path: value None: an output folder is required (recipe output.path or --output)")
-    if "://" in recipe.output.path:
-        # A URL would otherwise become a local folder named after it (./s3:/bucket/run), silently.
-        raise RecipeError(
-            f"output.path: value {recipe.output.path!r}: run folders on object stores are not supported yet; "
-            "allowed: a local path or a shared filesystem mounted on every node (inputs may be fsspec URLs)"
-        )
+    _check_output_url(recipe)
     return recipe

@@ -48,14 +48,14 @@ def print_summary(console: Console, result) -> None:
     console.print(
         f"{stats['rows']} samples in, {stats['written']} written to {stats['shards']} shards "
         f"in {result.seconds:.1f}s{resumed}\n"
-        f"  shards:  {run.shards}/{{{0:08d}..{last:08d}}}.tar  (sizes.json beside them)\n"
-        f"  catalog: {run.catalog}  (views: samples, decisions, kept, shards, steps)\n"
-        f"  stats:   {run.stats}",
+        f"  shards:  {run.storage.url('shards')}/{{{0:08d}..{last:08d}}}.tar  (sizes.json beside them)\n"
+        f"  catalog: {run.storage.url('catalog.duckdb')}  (views: samples, decisions, kept, shards, steps)\n"
+        f"  stats:   {run.storage.url('stats.json')}",
         highlight=False,
         soft_wrap=True,
     )
     if "splits" in stats:
-        folder = run.root / stats["splits"]["folder"]
+        folder = run.storage.url(stats["splits"]["folder"])
         sets = ", ".join(f"{value}: {n}" for value, n in stats["splits"]["samples"].items())
         console.print(
             f"  splits:  {folder}/<value>/{{{0:08d}..{last:08d}}}.tar  (samples per set: {sets})",

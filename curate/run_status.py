@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import yaml
 
@@ -39,7 +38,7 @@ class StageStatus:
 
 @dataclass
 class RunStatus:
-    root: Path
+    root: str  # the run folder (a path, or a URL)
     recipe: str
     state: str  # running | finished | failed | interrupted | not started
     holder: str | None
@@ -62,10 +61,9 @@ class RunStatus:
 def _load_recipe(run: RunDir):
     from curate.config import validate_recipe
 
-    path = run.root / "recipe.yaml"
-    if not (run.root / "run.json").exists() or not path.exists():
-        raise RunFolderError(f"{run.root} is not a curate run folder (no run.json / recipe.yaml)")
-    return validate_recipe(yaml.safe_load(path.read_text()))
+    if not run.storage.exists("run.json") or not run.storage.exists("recipe.yaml"):
+        raise RunFolderError(f"{run.url} is not a curate run folder (no run.json / recipe.yaml)")
+    return validate_recipe(yaml.safe_load(run.storage.read_bytes("recipe.yaml")))
 
 
 def _plan_and_shards(recipe, run: RunDir):
@@ -87,7 +85,7 @@ def _state(run: RunDir, holder: str | None) -> str:
     if recorded == "running":
         return "interrupted"
     if recorded is None:
-        return "finished" if run.stats.exists() else "interrupted"
+        return "finished" if run.storage.exists("stats.json") else "interrupted"
     return recorded
 
 
@@ -100,7 +98,7 @@ def run_status(root: str | os.PathLike) -> RunStatus:
     recorded = run.read_state()
     markers = run.read_markers()
     status = RunStatus(
-        root=run.root,
+        root=run.url,
         recipe=recipe.name,
         state=_state(run, holder),
         holder=holder,

@@ -114,6 +114,11 @@ class RunStorage:
             return pq.read_table(self.path(rel), columns=columns)
         return pq.read_table(self.path(rel), columns=columns, filesystem=self.fs)
 
+    def parquet_schema(self, rel: str):
+        import pyarrow.parquet as pq
+
+        return pq.read_schema(self.path(rel), filesystem=None if self.is_local else self.fs)
+
     def read_arrow(self, rel: str):
         """An Arrow IPC file, memory-mapped when local (parts may hold image bytes)."""
         import pyarrow as pa
@@ -171,6 +176,39 @@ class RunStorage:
             self._forget_listing(base)
             names = [posixpath.basename(p.rstrip("/")) for p in self.fs.glob(posixpath.join(base, pattern))]
         return sorted(n for n in names if not (n.startswith(".") and n.endswith(".tmp")))
+
+    def glob(self, pattern: str) -> list[str]:
+        """Names (relative to the root) of the files matching ``pattern`` (``D_*/*.parquet``), sorted."""
+        self._forget_listing(self.root)
+        found = self.fs.glob(self.path(pattern))
+        rel = [posixpath.relpath(p if self.is_local else p.rstrip("/"), self.root) for p in found]
+        return sorted(n for n in rel if not (posixpath.basename(n).startswith(".") and n.endswith(".tmp")))
+
+    def put_file(self, local_path: str, rel: str) -> None:
+        """Commit a local file at ``rel`` (renamed into place locally when it is a temporary of ours)."""
+        with self.writer(rel) as f, open(local_path, "rb") as source:
+            shutil.copyfileobj(source, f, 1 << 20)
+
+    def put_folder(self, local_dir: str, rel: str) -> None:
+        """Commit every file under a local folder at the same names under ``rel``."""
+        for parent, _, names in os.walk(local_dir):
+            for name in sorted(names):
+                path = os.path.join(parent, name)
+                self.put_file(path, posixpath.join(rel, os.path.relpath(path, local_dir)))
+
+    def copy_folder(self, src: str, dst: str) -> None:
+        """Replace folder ``dst`` with a copy of folder ``src`` (nothing when ``src`` is absent)."""
+        self.remove(dst)
+        if self.is_local:
+            if os.path.isdir(self.path(src)):
+                shutil.copytree(self.path(src), self.path(dst))
+            return
+        self._forget_listing(self.path(src))
+        for path in self.fs.find(self.path(src)):
+            self.fs.copy(path, self.path(dst, posixpath.relpath(path, self.path(src))))
+
+    def get_file(self, rel: str, local_path: str) -> None:
+        self.fs.get_file(self.path(rel), local_path)
 
     def remove(self, rel: str) -> None:
         """Remove a file or a whole folder; nothing to remove is not an error."""

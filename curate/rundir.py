@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
+import shutil
 import socket
+import tempfile
 import time
 import traceback
 import uuid
@@ -32,6 +35,19 @@ from schemas.tables import RETRYABLE_STATUSES
 
 STATE_NAME = "run_state.json"
 RUN_FOLDERS = ("shards", "_done", "_tmp", "_chunks")
+
+
+def lease_seconds() -> float:
+    """How long a run on an object store may go without renewing its lease before another run takes
+    it over as dead (``CURATE_LEASE_S``, default 60): the wait of a resume after a kill."""
+    value = os.environ.get("CURATE_LEASE_S", str(DEFAULT_LEASE_S))
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise RunFolderError(f"CURATE_LEASE_S: value {value!r}: must be a number of seconds > 0")
+    return seconds
 
 
 class RunFolderError(RuntimeError):
@@ -74,7 +90,7 @@ class RunDir:
         OS drops if the process is killed; on an object store a lease)."""
         with contextlib.ExitStack() as stack:
             try:
-                stack.enter_context(self.storage.hold())
+                stack.enter_context(self.storage.hold(lease_seconds()))
             except RunStorageError as e:
                 raise RunFolderError(str(e)) from None
             yield
@@ -165,8 +181,21 @@ class RunDir:
             if name != "_cache":
                 self.storage.remove(name)
 
+    @property
+    def local_tmp(self) -> Path:
+        """A local folder of this run's passing files (crash-point counters of tests): ``_tmp`` in a
+        local run folder; for one on an object store, a folder of this machine's temp dir named
+        after the run's URL (the processes that share it are this machine's)."""
+        if self.storage.is_local:
+            return self.tmp
+        digest = hashlib.sha256(self.url.encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"curate-run-{digest}"
+
+    def clear_local_tmp(self) -> None:
+        shutil.rmtree(self.local_tmp, ignore_errors=True)
+
     def _clear_tmp(self) -> None:
-        self.storage.remove("_tmp")
+        self.clear_local_tmp()
         for d in RUN_FOLDERS:
             self.storage.makedirs(d)
         for d in ("shards", "_chunks", ""):

@@ -34,6 +34,7 @@ from curate.executor import WRITE_NUM_CPUS, StageJob, run_stage, sink_cached, st
 from curate.plan import Plan, Stage, compile_plan
 from curate.readers.base import ShardRef, list_shards, preflight
 from curate.registry import get_layout
+from curate.run_storage import StagedFiles
 from curate.rundir import RunDir
 from curate.shard_tasks import (
     LocalShardTasks,
@@ -307,11 +308,14 @@ def _write_summary(plan: Plan, run: RunDir, stages: list[dict]) -> dict:
             }
         )
     _write_table(run, "steps.parquet", pa.Table.from_pylist(step_rows))
-    build_catalog(run.root)
+    build_catalog(run.url)
     # The kept uids as a DataComp subset file, for DataComp's resharder or `curate run reshard`.
-    stats["subset"] = {"path": "subset.npy", "uids": export_run_subset(run.root, run.root / "subset.npy")}
+    with StagedFiles(run.storage) as files:
+        uids = export_run_subset(run.url, files.path("subset.npy"))
+        files.commit()
+    stats["subset"] = {"path": "subset.npy", "uids": uids}
     run.storage.write_json("stats.json", stats)
-    run.storage.remove("_tmp")
+    run.clear_local_tmp()
     return stats
 
 
@@ -339,7 +343,7 @@ def run_recipe(recipe: Recipe, *, overwrite: bool = False) -> RunResult:
             if done_before < len(shards) or run.has_retryable_rows():
                 tasks = shard_tasks_for(plan)
                 try:
-                    stages = _run_stages(plan, run, shards, CrashPlan.from_env(run.tmp / "crash"), tasks)
+                    stages = _run_stages(plan, run, shards, CrashPlan.from_env(run.local_tmp / "crash"), tasks)
                 finally:
                     tasks.close()
             # What this invocation computed and reused (stats.json holds only what the output is).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 # The built-in recipes' folder: data files named by them (entries, vocabularies) live beside them.
@@ -23,6 +24,24 @@ STEP_DROP_REASON = "step_drop_reason"
 class StepInputError(ValueError):
     """The batch a step is given cannot be what the recipe meant (a missing or mistyped input column):
     a recipe mistake, so it fails the run naming the field instead of failing every row one by one."""
+
+
+def load_npy(path: str) -> np.ndarray:
+    """An array a global step saved among its artifacts: a local path, or a URL (``s3://...``) when
+    the run folder is on an object store and the reader a Ray task on any node."""
+    import fsspec
+
+    with fsspec.open(path, "rb") as f:
+        return np.load(f, allow_pickle=False)
+
+
+def read_artifact_table(path: str, columns: list[str] | None = None) -> pa.Table:
+    """A Parquet table a global step saved among its artifacts (local path or URL)."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    with fsspec.open(path, "rb") as f:
+        return pq.read_table(f, columns=columns)
 
 
 def quote_identifier(name: str) -> str:

@@ -61,18 +61,24 @@ def run_cli(*args, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(proc.args, proc.returncode, out)
 
 
-def snapshot(run: Path) -> dict:
-    """What must be identical between an interrupted-and-resumed run and an uninterrupted one."""
-    shards = run / "shards"
-    snap = {"sizes": json.loads((shards / "sizes.json").read_text())}
-    for tar in sorted(shards.glob("*.tar")):
-        snap[tar.name] = tar.read_bytes()
-        table = pq.read_table(tar.with_suffix(".parquet"), columns=["uid", "keep", "drop_reason", "output_key"])
-        snap[tar.stem + ".parquet"] = table.to_pylist()
-    snap["stray"] = sorted(str(p.relative_to(run)) for p in run.rglob("*") if ".tmp" in p.name)
-    snap["tmp_left"] = sorted(str(p) for p in (run / "_tmp").glob("*/*"))
-    snap["parts_left"] = sorted(str(p) for p in run.glob("_cache/*/_parts/*"))
-    snap["stats"] = json.loads((run / "stats.json").read_text())
+def snapshot(run: Path | str) -> dict:
+    """What must be identical between an interrupted-and-resumed run and an uninterrupted one (a
+    local run folder, or one on an object store, read through the same storage the run wrote)."""
+    from curate.rundir import RunDir
+
+    folder = RunDir(run)
+    storage = folder.storage
+    snap = {"sizes": storage.read_json("shards/sizes.json")}
+    for name in storage.list("shards", "*.tar"):
+        stem = name.removesuffix(".tar")
+        snap[name] = storage.read_bytes(f"shards/{name}")
+        table = storage.read_parquet(f"shards/{stem}.parquet", ["uid", "keep", "drop_reason", "output_key"])
+        snap[stem + ".parquet"] = table.to_pylist()
+    found = storage.fs.find(storage.path(), withdirs=False)
+    snap["stray"] = sorted(p for p in found if ".tmp" in p.rsplit("/", 1)[-1])
+    snap["tmp_left"] = sorted(str(p) for p in folder.local_tmp.glob("*/*"))
+    snap["parts_left"] = storage.glob("_cache/*/_parts/*")
+    snap["stats"] = storage.read_json("stats.json")
     return snap
 
 

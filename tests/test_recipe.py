@@ -102,8 +102,11 @@ def test_set_override_errors():
         load_recipe("basic", ["steps.1.params.min_side=abc"], input_path="x", output_path="y")
 
 
-def test_an_object_store_output_is_refused_not_written_locally(tmp_path, monkeypatch):
+def test_an_output_url_without_a_filesystem_is_refused_not_written_locally(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(RecipeError, match=r"output\.path: value 's3://bucket/run'.*not supported yet"):
-        load_recipe("basic", input_path="pool/*.tar", output_path="s3://bucket/run")
+    with pytest.raises(RecipeError, match=r"output\.path: value 'nosuch://bucket/run': no filesystem for 'nosuch'"):
+        load_recipe("basic", input_path="pool/*.tar", output_path="nosuch://bucket/run")
+    with pytest.raises(RecipeError, match=r"output\.path: value 's3://bucket/run': a URL pool"):
+        load_recipe("basic", ["input.format=urls"], input_path="urls.parquet", output_path="s3://bucket/run")
+    assert load_recipe("basic", input_path="pool/*.tar", output_path="s3://bucket/run").output.path == "s3://bucket/run"
     assert not any(tmp_path.iterdir())

