@@ -160,8 +160,22 @@ def _cmd_export_npz(args: argparse.Namespace) -> int:
     return 0
 
 
+def _local_run_only(command: str, run: str) -> None:
+    """``report`` and ``inspect`` read a local run folder (images, artifacts, HTML beside it)."""
+    from curate.run_storage import RunStorage
+    from curate.rundir import RunFolderError
+
+    if not RunStorage(run).is_local:
+        raise RunFolderError(
+            f"curate {command}: RUN {run!r} is on an object store, which curate {command} does not read yet; "
+            "copy the run folder to a local path first (e.g. `aws s3 sync`), or use `curate query` / `curate status`"
+        )
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from curate.reporting import write_report
+
+    _local_run_only("report", args.run)
 
     result = write_report(args.run, args.output)
     console.print(
@@ -190,6 +204,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     from curate.inspect_sample import describe, inspect_sample, save_image
 
+    _local_run_only("inspect", args.run)
     report = inspect_sample(args.run, args.uid)
     if args.format == "json":
         print(json.dumps(report.to_json(), indent=2, default=str))

@@ -87,7 +87,8 @@ class ReaderEntry:
 class LayoutEntry:
     name: str
     # ``write_shard(ctx, name, kept, files) -> counters`` (staging its files in ``files``, a
-    # ``StagedFiles``), ``finish(run, recipe, markers) -> stats`` and,
+    # ``StagedFiles``), ``finish(run, recipe, markers, tasks) -> stats`` (``tasks()``: the run's task
+    # pool, for writes that belong in workers) and,
     # optionally, ``validate(recipe)`` (raises ValueError) for rules of its own.
     cls: type
     writes_images: bool  # whether the sink needs the kept rows' image bytes

@@ -79,6 +79,7 @@ class RunDir:
         self.stats = self.root / "stats.json"
         self.cache = self.root / "_cache"  # stage outputs and barrier states, by fingerprint
         self.artifacts = self.root / "artifacts"
+        self._lease = None  # while this run holds a folder on an object store: its lease
 
     @property
     def url(self) -> str:
@@ -90,10 +91,22 @@ class RunDir:
         OS drops if the process is killed; on an object store a lease)."""
         with contextlib.ExitStack() as stack:
             try:
-                stack.enter_context(self.storage.hold(lease_seconds()))
+                self._lease = stack.enter_context(self.storage.hold(lease_seconds()))
             except RunStorageError as e:
                 raise RunFolderError(str(e)) from None
-            yield
+            try:
+                yield
+            finally:
+                self._lease = None
+
+    def check_hold(self) -> None:
+        """Raise if this run lost its hold: another run took its lease over (this one stalled past a
+        whole lease without renewing it). Called between stages, so two runs never go on writing."""
+        if self._lease is not None:
+            try:
+                self._lease.check()
+            except RunStorageError as e:
+                raise RunFolderError(str(e)) from None
 
     def lock_holder(self) -> str | None:
         """Who holds the run folder now (a pid, or a pid and host for a lease), or None when none does."""

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -193,6 +194,7 @@ def _run_stages(plan: Plan, run: RunDir, shards: list[ShardRef], crash: CrashPla
     upstream: dict[int, list[str]] = {s.index: [] for s in shards}
     report = []
     for stage in plan.stages:
+        run.check_hold()
         started = time.perf_counter()
         run.write_state("running", stage=stage.index, stage_label=stage_label(stage))
         store = StageStore(run.cache_storage, stage.cache_name)
@@ -274,13 +276,13 @@ def _write_table(run: RunDir, name: str, table: pa.Table) -> None:
         pq.write_table(table, f)
 
 
-def _write_summary(plan: Plan, run: RunDir, stages: list[dict]) -> dict:
+def _write_summary(plan: Plan, run: RunDir, stages: list[dict], tasks: Callable[[], ShardTasks]) -> dict:
     recipe = plan.recipe
     markers = run.read_markers()
     stats = merge_counters(markers)
     stats["recipe"] = recipe.name
     stats["steps_order"] = list(plan.step_ids)
-    stats.update(get_layout(recipe.output.layout).cls().finish(run, recipe, markers))
+    stats.update(get_layout(recipe.output.layout).cls().finish(run, recipe, markers, tasks))
     shard_rows = [
         {
             "shard": m["shard"],
@@ -339,19 +341,27 @@ def run_recipe(recipe: Recipe, *, overwrite: bool = False) -> RunResult:
             logger.info("resuming: %d of %d shards already done", done_before, len(shards))
         stages: list[dict] = []
         run.write_state("running", started=time.time(), stage=None, error=None, traceback=None)
+        pool: list[ShardTasks] = []
+
+        def tasks() -> ShardTasks:
+            """The run's task pool, made when first needed (a finished run re-run starts none)."""
+            if not pool:
+                pool.append(shard_tasks_for(plan))
+            return pool[0]
+
         try:
             if done_before < len(shards) or run.has_retryable_rows():
-                tasks = shard_tasks_for(plan)
-                try:
-                    stages = _run_stages(plan, run, shards, CrashPlan.from_env(run.local_tmp / "crash"), tasks)
-                finally:
-                    tasks.close()
+                stages = _run_stages(plan, run, shards, CrashPlan.from_env(run.local_tmp / "crash"), tasks())
             # What this invocation computed and reused (stats.json holds only what the output is).
             run.storage.write_json("stages.json", stages)
             crash_point("before_run_summary")
-            stats = _write_summary(plan, run, stages)
+            run.check_hold()
+            stats = _write_summary(plan, run, stages, tasks)
         except Exception as exc:
             run.record_error(exc)
             raise
+        finally:
+            for made in pool:
+                made.close()
         run.write_state("finished", stage=None)
     return RunResult(run, stats, resumed, done_before, time.perf_counter() - start, stages)

@@ -19,6 +19,7 @@ Both pools take the same calls, so the executor does not know which one it has:
 
     pool.submit(fn, *args, num_cpus=...) -> handle
     pool.finished(handles, wait=...)     -> (results of the ended ones, the handles still running)
+    pool.results(handles)                -> every result, in the order submitted
     pool.whole_shards                    -> whether per-batch stages also run one task per shard
 """
 
@@ -44,6 +45,8 @@ class ShardTasks(Protocol):
     def submit(self, fn: Callable[..., Any], *args: Any, num_cpus: float) -> Any: ...
 
     def finished(self, running: list, *, wait: bool) -> tuple[list[Any], list]: ...
+
+    def results(self, handles: list) -> list[Any]: ...
 
     def close(self) -> None: ...
 
@@ -71,6 +74,12 @@ class RayShardTasks:
             return [], running
         ready, running = ray.wait(running, num_returns=1 if wait else len(running), timeout=None if wait else 0)
         return [ray.get(ref) for ref in ready], running
+
+    def results(self, handles: list) -> list[Any]:
+        """Every task's result, in the order submitted (waiting for them all)."""
+        import ray
+
+        return ray.get(handles)
 
     def close(self) -> None:
         pass
@@ -108,6 +117,10 @@ class LocalShardTasks:
         done, pending = wait_futures(running, timeout=None if wait else 0, return_when=FIRST_COMPLETED)
         ended = [f for f in running if f in done]  # in submission order, so logs read in shard order
         return [f.result() for f in ended], [f for f in running if f in pending]
+
+    def results(self, handles: list) -> list[Any]:
+        """Every task's result, in the order submitted (waiting for them all)."""
+        return [f.result() for f in handles]
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -20,6 +20,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curate.registry import register_step
+from curate.stepkit import load_npy
 from filters.basic import detect_language
 from filters.clustering import CentroidIndex, fit_sample, spherical_kmeans
 from filters.embeddings import column_to_matrix, load_reference_embeddings, normalize_rows
@@ -121,7 +122,7 @@ class ImageBasedFilter:
             clusters = np.zeros(0, np.int64)
         else:
             if self._index is None or self._index[0] != state["centroids"]:
-                self._index = (state["centroids"], CentroidIndex(np.load(state["centroids"])))
+                self._index = (state["centroids"], CentroidIndex(load_npy(state["centroids"])))
             clusters = self._index[1].nearest(
                 normalize_rows(column_to_matrix(batch[p.embedding_column], p.embedding_column))
             )[0]

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curate.identity import seeded_uniform
 from curate.registry import register_step
-from curate.stepkit import quote_identifier, resolve_data_path
+from curate.stepkit import quote_identifier, read_artifact_table, resolve_data_path
 from filters.text_match import PhraseMatcher, read_entries
 
 logger = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ class MetaClipBalancer:
     def _entry_probs(self, state: dict) -> np.ndarray:
         key = (state["entry_counts"], int(state["t"]))
         if self._probs is None or self._probs[:2] != key:
-            counts = pq.read_table(key[0], columns=["count"])["count"].to_numpy()
+            counts = read_artifact_table(key[0], columns=["count"])["count"].to_numpy()
             self._probs = (*key, entry_probabilities(counts, key[1]))
         return self._probs[2]
 

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curate.identity import seeded_uniform
 from curate.registry import register_step
+from curate.stepkit import load_npy
 from filters.clustering import (
     CentroidIndex,
     balanced_kmeans,
@@ -80,9 +81,8 @@ class ModeParams(BaseModel):
 
 
 def _load_model(folder: str) -> tuple[CentroidIndex, np.ndarray, np.ndarray]:
-    root = Path(folder)
-    index = CentroidIndex(np.load(root / "fine_centroids.npy"))
-    return index, np.load(root / "fine_prices.npy"), np.load(root / "fine_to_expert.npy")
+    index = CentroidIndex(load_npy(f"{folder}/fine_centroids.npy"))
+    return index, load_npy(f"{folder}/fine_prices.npy"), load_npy(f"{folder}/fine_to_expert.npy")
 
 
 def expert_memberships(uids: list[str], experts: np.ndarray, num_experts: int, share: float, seed: int) -> list:

@@ -227,3 +227,19 @@ def test_build_manifest_rejects(change, message):
     kwargs.update(change)
     with pytest.raises(ValueError, match=message):
         build_manifest(buckets, **kwargs)
+
+
+def test_bucket_shards_are_cut_across_chunk_files_as_one_sequence_would_be():
+    """The tasks that write bucket shards get ranges of the chunk files; concatenated, those ranges
+    are the bucket's chunks in shard order, cut every ``per_shard`` (what reading every file in
+    order and cutting would give), with no chunk twice or missing."""
+    from curate.sink.buckets import bucket_shard_pieces
+
+    counts = [("a", {3: 5, 4: 1}), ("b", {4: 2}), ("c", {3: 0}), ("d", {3: 7})]
+    for per_shard in (1, 2, 3, 5, 12, 13, 100):
+        pieces = bucket_shard_pieces(counts, 3, per_shard)
+        sequence = [(name, i) for name, by_k in counts for i in range(by_k.get(3, 0))]
+        want = [sequence[at : at + per_shard] for at in range(0, len(sequence), per_shard)]
+        got = [[(name, i) for name, start, stop in shard for i in range(start, stop)] for shard in pieces]
+        assert got == want, per_shard
+    assert bucket_shard_pieces(counts, 5, 4) == []

@@ -120,3 +120,26 @@ def test_a_holder_whose_lease_was_taken_over_knows_it_and_stops(s3_env):
         with pytest.raises(RunStorageError, match="taken over by another run"):
             lease.check()
     assert json.loads(storage.read_bytes(LEASE_NAME))["token"] == "other"  # not removed on release
+
+
+def test_a_run_whose_lease_was_taken_over_stops_at_its_next_check(s3_env, monkeypatch):
+    from curate.rundir import RunDir, RunFolderError
+
+    monkeypatch.setenv("CURATE_LEASE_S", str(LEASE_S))
+    run = RunDir(new_bucket() + "/run")
+    with run.lock():
+        run.check_hold()  # still ours
+        run.storage.write_json(LEASE_NAME, {"token": "other", "pid": 2, "host": "elsewhere"})
+        assert run._lease.lost.wait(60)
+        with pytest.raises(RunFolderError, match="taken over by another run"):
+            run.check_hold()
+    run.check_hold()  # outside its hold a run checks nothing
+
+
+def test_a_bad_lease_setting_fails_naming_it(monkeypatch, tmp_path):
+    from curate.rundir import RunDir, RunFolderError
+
+    monkeypatch.setenv("CURATE_LEASE_S", "soon")
+    refused = pytest.raises(RunFolderError, match="CURATE_LEASE_S: value 'soon': must be a number of seconds > 0")
+    with refused, RunDir(tmp_path / "run").lock():
+        pass

@@ -66,6 +66,9 @@ def test_the_catalog_of_an_s3_run_is_queried_where_it_lies(s3_run, local_referen
     out = subprocess.run(status, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert out.returncode == 0, out.stderr
     assert f"run {s3_run}: recipe 'basic', finished" in out.stdout
+    report = [sys.executable, "-m", "curate.cli", "report", s3_run]
+    out = subprocess.run(report, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert out.returncode != 0 and "does not read yet" in " ".join((out.stdout + out.stderr).split())
 
 
 def test_a_second_run_on_a_held_s3_folder_is_refused(s3_run, small_pool_pattern):

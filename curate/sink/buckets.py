@@ -1,9 +1,10 @@
 """Bucketed output: chunks of each input shard, then one shard set per bucket and a manifest.
 
 Per input shard (when it finishes): ``_chunks/NNNNNNNN.parquet`` holds its kept samples'
-chunks (k, uid, chunk_index, offset, num_tokens, tokens). When every input shard is done,
-``write_buckets`` reads those files in shard order and cuts each bucket into shards of about
-``tokens_per_shard`` tokens (``2**(log2(tokens_per_shard) - k)`` sequences):
+chunks (k, uid, chunk_index, offset, num_tokens, tokens), and its marker how many of each k.
+When every input shard is done, ``write_buckets`` cuts each bucket, in shard order of those files,
+into shards of about ``tokens_per_shard`` tokens (``2**(log2(tokens_per_shard) - k)`` sequences),
+each written by a task that reads only its ranges of the chunk files:
 
     D_5/00000000.tar   {key}.tokens.npy (int32, 2**k (+1) tokens), {key}.json (provenance)
     D_5/00000000.parquet, D_5/sizes.json
@@ -20,6 +21,7 @@ import json
 import logging
 import posixpath
 import tarfile
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +32,7 @@ from curate.pack.manifest import build_manifest, write_manifest
 from curate.registry import register_layout
 from curate.run_storage import RunStorage, StagedFiles
 from curate.rundir import RunDir
+from curate.shard_tasks import ShardTasks
 from curate.sink.tars import add_member
 from schemas.recipe import Recipe
 
@@ -47,8 +50,11 @@ CHUNK_FILE_SCHEMA = pa.schema(
 )
 
 
-def write_chunk_file(path: str, kept: pa.Table) -> int:
-    """Cut the kept samples' tokens along their chunk plans; returns the number of chunks."""
+Piece = tuple[str, int, int]  # a chunk file, and the range of its k-chunks that a bucket shard holds
+
+
+def write_chunk_file(path: str, kept: pa.Table) -> dict[int, int]:
+    """Cut the kept samples' tokens along their chunk plans; returns the number of chunks per k."""
     rows = []
     for uid, tokens, plan, n in zip(
         kept["uid"].to_pylist(),
@@ -72,7 +78,10 @@ def write_chunk_file(path: str, kept: pa.Table) -> int:
                 }
             )
     pq.write_table(pa.Table.from_pylist(rows, schema=CHUNK_FILE_SCHEMA), path)
-    return len(rows)
+    by_k: dict[int, int] = {}
+    for row in rows:
+        by_k[row["k"]] = by_k.get(row["k"], 0) + 1
+    return by_k
 
 
 def _npy_bytes(tokens: list[int]) -> bytes:
@@ -100,36 +109,77 @@ def _write_bucket_shard(storage: RunStorage, folder: str, index: int, k: int, ro
     return {"path": f"{folder}/{name}.tar", "sequences": len(rows)}
 
 
-def write_buckets(run: RunDir, recipe: Recipe) -> dict:
-    """Cut every bucket into token-sized shards and write the manifest; returns the manifest."""
+def write_bucket_shard(storage: RunStorage, k: int, index: int, pieces: list[Piece]) -> dict:
+    """One shard of bucket ``k`` (a task): rows ``start:stop`` of the k-chunks of each chunk file
+    named in ``pieces``, in that order."""
+    rows: list[dict] = []
+    for name, start, stop in pieces:
+        table = storage.read_parquet(name)
+        table = table.filter(pc.equal(table["k"], pa.scalar(k, pa.int8())))
+        rows.extend(table.slice(start, stop - start).to_pylist())
+    return _write_bucket_shard(storage, f"D_{k}", index, k, rows)
+
+
+def _chunk_counts(storage: RunStorage, markers: list[dict]) -> list[tuple[str, dict[int, int]]]:
+    """Per input shard, in shard order: its chunk file and how many chunks of each k it holds (from
+    its marker; a marker of an older run without them is counted from the file's k column)."""
+    out = []
+    for m in sorted(markers, key=lambda m: m["shard_index"]):
+        name = f"_chunks/{m['shard'].removesuffix('.tar')}.parquet"
+        if "chunks_by_k" in m:
+            counts = {int(k): int(n) for k, n in m["chunks_by_k"].items()}
+        else:
+            ks, n = np.unique(storage.read_parquet(name, ["k"])["k"].to_numpy(), return_counts=True)
+            counts = {int(k): int(c) for k, c in zip(ks, n, strict=True)}
+        out.append((name, counts))
+    return out
+
+
+def bucket_shard_pieces(counts: list[tuple[str, dict[int, int]]], k: int, per_shard: int) -> list[list[Piece]]:
+    """Bucket ``k`` cut into shards of ``per_shard`` sequences, in shard order of the chunk files:
+    for each shard, the (chunk file, start, stop) ranges of the file's k-chunks that it holds."""
+    shards: list[list[Piece]] = []
+    current: list[Piece] = []
+    room = per_shard
+    for name, by_k in counts:
+        start, left = 0, by_k.get(k, 0)
+        while left:
+            take = min(left, room)
+            current.append((name, start, start + take))
+            start, left, room = start + take, left - take, room - take
+            if room == 0:
+                shards.append(current)
+                current, room = [], per_shard
+    if current:
+        shards.append(current)
+    return shards
+
+
+def write_buckets(run: RunDir, recipe: Recipe, markers: list[dict], tasks: Callable[[], ShardTasks]) -> dict:
+    """Cut every bucket into token-sized shards, one task per shard, and write the manifest; the
+    driver only counts chunks (from the markers) and never reads a row. Returns the manifest."""
+    from curate.executor import WRITE_NUM_CPUS
+
     decompose = next(s for s in recipe.steps if s.name == "decompose")
     tokenize = next(s for s in recipe.steps if s.name == "tokenize")
     min_k, max_k = decompose.params.get("min_k", 3), decompose.params.get("max_k", 8)
     shift = decompose.params.get("shift_target", True)
     storage = run.storage
-    chunk_files = [f"_chunks/{n}" for n in storage.list("_chunks", "*.parquet")]
+    counts = _chunk_counts(storage, markers)
     buckets: dict[int, dict] = {}
     for k in range(min_k, max_k + 1):
         folder = f"D_{k}"
         storage.remove(folder)  # a killed earlier attempt; rewritten identically
         per_shard = max(1, recipe.output.tokens_per_shard // 2**k)
-        pending: list[dict] = []
-        shards: list[dict] = []
-        total = 0
-        for name in chunk_files:
-            table = storage.read_parquet(name)
-            table = table.filter(pc.equal(table["k"], pa.scalar(k, pa.int8())))
-            pending.extend(table.to_pylist())
-            while len(pending) >= per_shard:
-                shards.append(_write_bucket_shard(storage, folder, len(shards), k, pending[:per_shard]))
-                total += per_shard
-                pending = pending[per_shard:]
-        if pending:
-            shards.append(_write_bucket_shard(storage, folder, len(shards), k, pending))
-            total += len(pending)
+        plan = bucket_shard_pieces(counts, k, per_shard)
+        pool = tasks() if plan else None
+        handles = [
+            pool.submit(write_bucket_shard, storage, k, j, p, num_cpus=WRITE_NUM_CPUS) for j, p in enumerate(plan)
+        ]
+        shards = pool.results(handles) if pool else []
         if shards:
             storage.write_json(f"{folder}/sizes.json", {posixpath.basename(s["path"]): s["sequences"] for s in shards})
-            buckets[k] = {"sequences": total, "shards": shards}
+            buckets[k] = {"sequences": sum(s["sequences"] for s in shards), "shards": shards}
     manifest = build_manifest(
         buckets,
         tokens_per_batch=recipe.output.tokens_per_batch,
@@ -151,7 +201,8 @@ class BucketsLayout:
     """Token chunks in one shard set per power-of-two length (D_k/), with manifest.json."""
 
     def write_shard(self, ctx, name: str, kept: pa.Table, files: StagedFiles) -> dict:
-        return {"chunks": write_chunk_file(files.path(f"_chunks/{name}.parquet"), kept)}
+        by_k = write_chunk_file(files.path(f"_chunks/{name}.parquet"), kept)
+        return {"chunks": sum(by_k.values()), "chunks_by_k": {str(k): n for k, n in sorted(by_k.items())}}
 
     @staticmethod
     def validate(recipe: Recipe) -> None:
@@ -170,5 +221,5 @@ class BucketsLayout:
                 f"bucket (2**max_k = {longest}); a batch must hold at least one sequence"
             )
 
-    def finish(self, run: RunDir, recipe: Recipe, markers: list[dict]) -> dict:
-        return {"buckets": {b["k"]: b["sequences"] for b in write_buckets(run, recipe)["buckets"]}}
+    def finish(self, run: RunDir, recipe: Recipe, markers: list[dict], tasks: Callable[[], ShardTasks]) -> dict:
+        return {"buckets": {b["k"]: b["sequences"] for b in write_buckets(run, recipe, markers, tasks)["buckets"]}}

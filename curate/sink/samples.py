@@ -41,7 +41,7 @@ class SamplesLayout:
         written = write_tar(files.path(f"shards/{name}.tar"), kept, ctx.output.caption_field)
         return {"samples_written": written, **_write_splits(ctx, name, kept, files)}
 
-    def finish(self, run: RunDir, recipe: Recipe, markers: list[dict]) -> dict:
+    def finish(self, run: RunDir, recipe: Recipe, markers: list[dict], tasks) -> dict:
         sizes = {m["shard"]: m["samples_written"] for m in sorted(markers, key=lambda m: m["shard_index"])}
         run.storage.write_json("shards/sizes.json", sizes)
         return _finish_splits(run, recipe, markers)
@@ -54,7 +54,7 @@ class MetadataLayout:
     def write_shard(self, ctx, name: str, kept: pa.Table, files: StagedFiles) -> dict:
         return {"samples_written": kept.num_rows, **_write_splits(ctx, name, kept, files)}
 
-    def finish(self, run: RunDir, recipe: Recipe, markers: list[dict]) -> dict:
+    def finish(self, run: RunDir, recipe: Recipe, markers: list[dict], tasks) -> dict:
         return _finish_splits(run, recipe, markers)
 
 
