@@ -119,7 +119,8 @@ def main() -> int:
                 f"{run['peak_pss_mib']:>13.0f} {count:>7} {equal!s:>10}"
             )
     print(
-        "curate x: curate's speed over the loop's. curate's time includes Ray start-up (about 5 s). "
+        "curate x: curate's speed over the loop's. curate's time is the whole process "
+        "(imports, planning, its worker processes' start, the catalog). "
         f"reproduce: python bench/bench_basic.py --samples {' '.join(map(str, args.samples))} "
         f"--shard-size {args.shard_size}"
     )
