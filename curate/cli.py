@@ -65,6 +65,7 @@ def _cmd_mode_weights(args: argparse.Namespace) -> int:
 
     from curate.mode_weights import mode_weights, read_classes
 
+    _local_run_only("mode-weights", args.run)
     result = mode_weights(
         args.run,
         read_classes(args.classes),

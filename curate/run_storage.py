@@ -185,9 +185,13 @@ class RunStorage:
         return sorted(n for n in rel if not (posixpath.basename(n).startswith(".") and n.endswith(".tmp")))
 
     def put_file(self, local_path: str, rel: str) -> None:
-        """Commit a local file at ``rel`` (renamed into place locally when it is a temporary of ours)."""
-        with self.writer(rel) as f, open(local_path, "rb") as source:
-            shutil.copyfileobj(source, f, 1 << 20)
+        """Commit a copy of a local file at ``rel``: locally through a temporary name and a rename, to
+        an object store as one upload (the object exists once it completes)."""
+        if self.is_local:
+            with self.writer(rel) as f, open(local_path, "rb") as source:
+                shutil.copyfileobj(source, f, 1 << 20)
+        else:
+            self.fs.put_file(local_path, self.path(rel))
 
     def put_folder(self, local_dir: str, rel: str) -> None:
         """Commit every file under a local folder at the same names under ``rel``."""
@@ -414,6 +418,6 @@ class StagedFiles:
         for rel, staged in self._staged:
             if self.storage.is_local:
                 os.replace(staged, self.storage.path(rel))
-            else:  # the object exists once its upload completes, whole
-                self.storage.fs.put_file(staged, self.storage.path(rel))
+            else:
+                self.storage.put_file(staged, rel)
         self._staged = []

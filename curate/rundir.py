@@ -23,7 +23,6 @@ import socket
 import tempfile
 import time
 import traceback
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,13 +53,6 @@ class RunFolderError(RuntimeError):
     """The output folder cannot be used for this run; the message says why and what to do."""
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write under a unique temporary name and rename, so that two writers never interleave."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class RunDir:
     """A run folder (a local path, or an object-store URL such as ``s3://bucket/run``). Its files are
     read and written through ``storage``; the ``Path`` attributes name the same files locally, for
@@ -71,14 +63,10 @@ class RunDir:
         self.cache_storage = self.storage.child("_cache")  # what stage stores live in (``StageStore``)
         self.root = Path(self.storage.root)
         self.shards = self.root / "shards"
-        self.done = self.root / "_done"
         self.tmp = self.root / "_tmp"
         self.download = self.root / "_download"
-        self.chunks = self.root / "_chunks"  # per input shard: its chunks, before bucket sharding
         self.catalog = self.root / "catalog.duckdb"
         self.stats = self.root / "stats.json"
-        self.cache = self.root / "_cache"  # stage outputs and barrier states, by fingerprint
-        self.artifacts = self.root / "artifacts"
         self._lease = None  # while this run holds a folder on an object store: its lease
 
     @property

@@ -66,9 +66,12 @@ def test_the_catalog_of_an_s3_run_is_queried_where_it_lies(s3_run, local_referen
     out = subprocess.run(status, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert out.returncode == 0, out.stderr
     assert f"run {s3_run}: recipe 'basic', finished" in out.stdout
-    report = [sys.executable, "-m", "curate.cli", "report", s3_run]
-    out = subprocess.run(report, capture_output=True, text=True, timeout=HANG_GUARD_S)
-    assert out.returncode != 0 and "does not read yet" in " ".join((out.stdout + out.stderr).split())
+    # The commands that read a local run folder refuse a remote one by name, instead of failing on a path.
+    for args in (["report", s3_run], ["inspect", s3_run, "0" * 32], ["mode-weights", s3_run, "--classes", "a,b"]):
+        command = [sys.executable, "-m", "curate.cli", *args]
+        out = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S)
+        said = " ".join((out.stdout + out.stderr).split())
+        assert out.returncode != 0 and f"curate {args[0]}: RUN" in said and "does not read yet" in said, said
 
 
 def test_a_second_run_on_a_held_s3_folder_is_refused(s3_run, small_pool_pattern):
