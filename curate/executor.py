@@ -210,6 +210,7 @@ def runner_kwargs(op, states: dict) -> dict:
         "rows": op.rows,
         "action": op.action,
         "state": states.get(op.step_id) if op.action == "decide" else None,
+        "module": op.entry.cls.__module__,  # the worker imports that step's module alone
     }
 
 

@@ -165,8 +165,14 @@ def step_names() -> list[str]:
     return sorted(_STEPS)
 
 
-def get_step(name: str) -> StepEntry:
-    _load("steps", _BUILTIN_STEPS)
+def get_step(name: str, module: str | None = None) -> StepEntry:
+    """The step ``name``. ``module``: the module that registers it, when the caller knows (a worker
+    told by the driver): only that one is imported, not every built-in step's (a worker process
+    that runs ``basic`` has no use for the captioners' imports, about a second of its start)."""
+    if module is not None and name not in _STEPS:
+        importlib.import_module(module)
+    if name not in _STEPS:
+        _load("steps", _BUILTIN_STEPS)
     return _lookup(_STEPS, name, "step")
 
 

@@ -110,9 +110,11 @@ class RunStorage:
     def read_parquet(self, rel: str, columns: list[str] | None = None):
         import pyarrow.parquet as pq
 
+        # ParquetFile, not read_table: one file needs no dataset layer (nor its import in a worker).
         if self.is_local:
-            return pq.read_table(self.path(rel), columns=columns)
-        return pq.read_table(self.path(rel), columns=columns, filesystem=self.fs)
+            return pq.ParquetFile(self.path(rel)).read(columns=columns)
+        with self.fs.open(self.path(rel), "rb") as f:
+            return pq.ParquetFile(f).read(columns=columns)
 
     def parquet_schema(self, rel: str):
         import pyarrow.parquet as pq

@@ -37,6 +37,7 @@ import logging
 import uuid
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.readers.base import ShardRef, read_source_arrays, source_array_columns
@@ -60,17 +61,32 @@ def _is_numeric(type_: pa.DataType) -> bool:
     return pa.types.is_floating(type_) or pa.types.is_integer(type_)
 
 
+# A column is dictionary-encoded when its first rows repeat: at most one distinct value in two.
+_DICTIONARY_PROBE_ROWS = 1024
+
+
+def _repeats(column: pa.ChunkedArray) -> bool:
+    """Whether a dictionary pays for the column: a text one only if its first rows repeat; any other
+    (booleans, lists of decisions, whose leaves repeat) keeps one, as Parquet's default would."""
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return True
+    probe = column.slice(0, _DICTIONARY_PROBE_ROWS)
+    return pc.count_distinct(probe, mode="all").as_py() * 2 <= max(len(probe), 1)
+
+
 def write_sample_parquet(table: pa.Table, where) -> None:
     """Write a table of samples as Parquet, dictionary-encoding only the columns that repeat and
     keeping min/max statistics only for the columns a query filters on.
 
     Parquet's default tries a dictionary for every column; on embeddings and scores (no two alike)
     that is wasted work, about 70% of writing a DataComp shard with its two embeddings, and the
-    column falls back to plain encoding anyway. Strings (status, reasons, shard names) keep it.
-    Statistics of list columns (embeddings, decisions) are a min and max over every element, which
-    no query prunes row groups by; computing them was another third of the write.
+    column falls back to plain encoding anyway. A text column whose values are all different
+    (uids, urls, captions) fits the dictionary page and is kept that way, at a third of the write
+    of a shard of metadata; only those whose first rows repeat (status, reasons, shard names) get
+    one. Statistics of list columns (embeddings, decisions) are a min and max over every element,
+    which no query prunes row groups by; computing them was another third of the write.
     """
-    dictionary = [f.name for f in table.schema if not _is_numeric(f.type)]
+    dictionary = [f.name for f in table.schema if not _is_numeric(f.type) and _repeats(table[f.name])]
     statistics = [f.name for f in table.schema if not _is_list(f.type)]
     pq.write_table(table, where, use_dictionary=dictionary, write_statistics=statistics)
 

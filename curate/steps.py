@@ -39,8 +39,8 @@ def step_failed_status(step_id: str) -> str:
     return f"failed_in_{step_id}"
 
 
-def build_step(name: str, params: dict[str, Any]) -> Any:
-    entry = get_step(name)
+def build_step(name: str, params: dict[str, Any], module: str | None = None) -> Any:
+    entry = get_step(name, module)
     return entry.cls(entry.params_model.model_validate(params))
 
 
@@ -58,11 +58,12 @@ class StepRunner:
         rows: str = "all",
         action: str = "call",
         state: dict | None = None,
+        module: str | None = None,
     ):
         self.step_id = step_id
         self.rows = rows
-        self.step = build_step(name, params)
-        self.modifies = set(get_step(name).modifies)
+        self.step = build_step(name, params, module)
+        self.modifies = set(get_step(name, module).modifies)
         if action == "decide":
             self.fn: Callable[[pa.Table], pa.Table] = lambda rows_: self.step.decide(rows_, state)
         else:

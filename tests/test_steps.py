@@ -69,3 +69,25 @@ def test_empty_batch_keeps_schema():
     table = _table(["x"], ["failed_to_download"])
     out = StepRunner("_test_fragile", "fragile", {})(table)
     assert out.num_rows == 1 and "caption_len" in out.column_names
+
+
+def test_a_worker_told_the_module_of_a_step_imports_that_module_alone():
+    """The driver names each step's module to its workers (``runner_kwargs``): a worker process
+    running ``basic`` does not import every built-in step (the captioners' imports: a second of
+    its start). Without the module, every built-in step module is loaded, as before."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from curate.steps import StepRunner; "
+        "StepRunner('basic', 'basic', {'language': None}, module=MODULE); "
+        "print(sorted(m for m in ('captioners.gbc', 'filters.mode', 'filters.basic') if m in sys.modules))"
+    )
+
+    def imported(module: str) -> str:
+        done = subprocess.run([sys.executable, "-c", probe.replace("MODULE", module)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert imported("'filters.basic'") == "['filters.basic']"
+    assert imported("None") == "['captioners.gbc', 'filters.basic', 'filters.mode']"

@@ -18,6 +18,7 @@ uncompressed in a local npz (``np.savez``) are memory-mapped, others are read on
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import zipfile
@@ -31,6 +32,7 @@ import pyarrow.compute as pc
 from fsspec.implementations.local import LocalFileSystem
 
 from curate.readers.base import InputError, ShardRef
+from curate.readers.json_text import json_objects
 from curate.readers.parquet_reader import (
     CAPTION_COLUMNS,
     INT_COLUMNS,
@@ -185,15 +187,33 @@ def _npz_path(ref: ShardRef) -> str:
     return ref.path.rsplit(".", 1)[0] + ".npz"
 
 
+def _file_stamp(path: str) -> tuple:
+    """What tells a changed file apart: its size and modification time (or ETag)."""
+    fs, fs_path = fsspec.core.url_to_fs(path)
+    try:
+        info = fs.info(fs_path)
+    except FileNotFoundError:
+        return (None,)
+    return (info.get("size"), info.get("mtime") or info.get("LastModified") or info.get("ETag"))
+
+
 def _embedding_names(ref: ShardRef) -> tuple[set[str], list[tuple[str, NpzMember]]]:
-    """The columns ``read_datacomp_shard`` makes of the npz's 2-D arrays, from headers alone."""
+    """The columns ``read_datacomp_shard`` makes of the npz's 2-D arrays, from headers alone;
+    asked several times for each shard of a run (each stage, the sink), read once while the files
+    stay the same."""
+    npz_path = _npz_path(ref)
+    return _embedding_names_of(ref.path, npz_path, _file_stamp(ref.path), _file_stamp(npz_path))
+
+
+@functools.lru_cache(maxsize=4096)
+def _embedding_names_of(path: str, npz_path: str, *_stamps: tuple) -> tuple[set[str], list[tuple[str, NpzMember]]]:
     import pyarrow.parquet as pq
 
-    with fsspec.open(ref.path, "rb") as f:
+    with fsspec.open(path, "rb") as f:
         schema = pq.read_schema(f)
     taken = {*SAMPLE_COLUMNS, *_score_columns(schema, _caption_column(schema.names))}
-    members = index_npz(_npz_path(ref)) or []
-    return taken, [(name, m) for name, m in _npz_names(_npz_path(ref), members, taken) if len(m.shape) == 2]
+    members = index_npz(npz_path) or []
+    return taken, [(name, m) for name, m in _npz_names(npz_path, members, taken) if len(m.shape) == 2]
 
 
 def read_datacomp_shard(ref: ShardRef, arrays: list[str] | None = None) -> pa.Table:
@@ -302,13 +322,18 @@ def _is_list(t: pa.DataType) -> bool:
 
 
 def _meta_column(table: pa.Table, meta_cols: list[str]) -> pa.Array:
-    """``meta`` as ``_row_samples`` builds it (``meta_json`` of the row's non-null values). Rows
-    whose every meta value is null or an empty list (in DataComp, the ``face_bboxes`` of an image
-    with no face: most rows) have one of a few JSON texts, found without a Python call per row;
-    only the others go through ``meta_json`` one by one."""
+    """``meta`` as ``_row_samples`` builds it (``meta_json`` of the row's non-null values). Numbers
+    and lists of them (DataComp's ``face_bboxes``) are encoded by Arrow kernels (``json_objects``).
+    Otherwise rows whose every meta value is null or an empty list have one of a few JSON texts,
+    found without a Python call per row, and only the others go through ``meta_json`` one by one."""
     n = table.num_rows
     if not meta_cols:
         return pa.nulls(n, pa.string())
+    plain = all(_is_plain(table[c]) for c in meta_cols)
+    if plain:  # numbers and lists of them: no Python call per row at all
+        texts = json_objects({c: table[c] for c in meta_cols})
+        if texts is not None:
+            return texts.cast(pa.string())
     trivial = np.ones(n, dtype=bool)
     pattern = np.zeros(n, dtype=np.int64)  # bit j: meta column j holds an empty list (not null)
     for j, name in enumerate(meta_cols):
@@ -327,7 +352,7 @@ def _meta_column(table: pa.Table, meta_cols: list[str]) -> pa.Array:
         taken = [table[c].take(pa.array(rest)) for c in meta_cols]
         # Values json_safe would return unchanged (numbers, finite; text; lists of them) go to
         # json.dumps as they are: the same text, at half the cost.
-        encode = _plain_json if all(_is_plain(v) for v in taken) else meta_json
+        encode = _plain_json if plain else meta_json
         values = [v.to_pylist() for v in taken]
         for i, row in zip(rest, zip(*values, strict=True), strict=True):
             texts[i] = encode({c: v for c, v in zip(meta_cols, row, strict=True) if v is not None})

@@ -97,7 +97,7 @@ def read_parquet_table(path: str) -> pa.Table:
     """Read a whole Parquet file through fsspec (local paths, ``file://``, ``s3://`` ...)."""
     try:
         with fsspec.open(path, "rb") as f:
-            return pq.read_table(f)
+            return pq.ParquetFile(f).read()  # one file: no dataset layer (read_table's)
     except FileNotFoundError as exc:
         raise InputError(f"input.path: {path!r} does not exist") from exc
     except (pa.ArrowInvalid, OSError) as exc:
