@@ -13,6 +13,10 @@ Also printed: curate's fixed cost (the same jobs on one shard of 100 rows) and t
 (PSS of the whole process tree) at each size, which should stay flat as the pool grows.
 
     python bench/bench_apply_filter.py --shards 10 100 --rows 10000
+    python bench/bench_apply_filter.py --shards 1000 --rows 10000 --distinct-shards 100   # 10M rows
+
+``--distinct-shards`` generates only that many shards and repeats them to make a larger pool (the
+same rows and uids again, under new shard names): 10M rows without 25 GB of new metadata.
 """
 
 from __future__ import annotations
@@ -38,13 +42,27 @@ JOBS = {
 }
 
 
-def _metadata(root: Path, shards: int, rows: int) -> Path:
-    meta = root / f"meta_{shards}x{rows}"
+def _metadata(root: Path, shards: int, rows: int, distinct: int | None = None) -> Path:
+    """A pool of ``shards`` shards; past ``distinct`` of them, the pool repeats the first ``distinct``
+    under new names (symbolic links: a 10M-row pool in the disk and page cache of 1M, the same rows
+    and uids again, which both sides read and filter alike)."""
+    made = shards if distinct is None else min(shards, distinct)
+    meta = root / f"meta_{made}x{rows}"
     if not (meta / "_done").exists():
         shutil.rmtree(meta, ignore_errors=True)
-        make_datacomp_metadata(str(meta), shards=shards, rows_per_shard=rows, seed=0)
+        make_datacomp_metadata(str(meta), shards=made, rows_per_shard=rows, seed=0)
         (meta / "_done").write_text("")
-    return meta
+    if made == shards:
+        return meta
+    repeated = root / f"meta_{shards}x{rows}_of_{made}"
+    if not (repeated / "_done").exists():
+        shutil.rmtree(repeated, ignore_errors=True)
+        repeated.mkdir(parents=True)
+        for i in range(shards):
+            for suffix in (".parquet", ".npz"):
+                (repeated / f"{i:08d}{suffix}").symlink_to(meta / f"{i % made:08d}{suffix}")
+        (repeated / "_done").write_text("")
+    return repeated
 
 
 def _curate(recipe: str, meta: Path, out: Path, overrides: list[str]) -> tuple[dict, np.ndarray]:
@@ -64,6 +82,12 @@ def main() -> int:
     ap.add_argument("--shards", type=int, nargs="+", default=[10, 100], help="pool sizes, in shards")
     ap.add_argument("--rows", type=int, default=10_000, help="rows per shard")
     ap.add_argument("--jobs", nargs="+", choices=sorted(JOBS), default=sorted(JOBS))
+    ap.add_argument(
+        "--distinct-shards",
+        type=int,
+        default=None,
+        help="generate at most this many shards; larger pools repeat them (same rows and uids again)",
+    )
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="curate --set, for every job")
     ap.add_argument("--workdir", default=str(BENCH / "out" / "apply_filter"))
     args = ap.parse_args()
@@ -80,7 +104,7 @@ def main() -> int:
     tiny = _metadata(root, 1, 100)
     fixed = {job: _curate(JOBS[job][0], tiny, root / "fixed", args.overrides)[0] for job in args.jobs}
     for shards in args.shards:
-        meta = _metadata(root, shards, args.rows)
+        meta = _metadata(root, shards, args.rows, args.distinct_shards)
         for job in args.jobs:
             recipe, dc_args = JOBS[job]
             theirs, dc_uids = _datacomp(dc_args, meta, root / f"datacomp_{job}.npy", python, env)
@@ -110,6 +134,7 @@ def main() -> int:
     print(
         f"reproduce: python bench/bench_apply_filter.py --shards {' '.join(map(str, args.shards))} "
         f"--rows {args.rows} --jobs {' '.join(args.jobs)}{sets}"
+        + (f" --distinct-shards {args.distinct_shards}" if args.distinct_shards else "")
     )
     return 0 if all(same for *_, same in rows_out) else 1
 

@@ -20,6 +20,7 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curate.catalog import connect
 
@@ -57,15 +58,43 @@ def _pairs_of_chunk(uids: list[str]) -> np.ndarray:
         raise _bad_uid(uids) from None
     if len(raw) != 16 * len(uids):  # fromhex skips whitespace: a uid had some
         raise _bad_uid(uids)
+    return _entries(raw)
+
+
+def _entries(raw: bytes) -> np.ndarray:
     words = np.frombuffer(raw, dtype=">u8").reshape(-1, 2)
-    out = np.empty(len(uids), dtype=SUBSET_DTYPE)
+    out = np.empty(len(words), dtype=SUBSET_DTYPE)
     out["f0"], out["f1"] = words[:, 0], words[:, 1]
     return out
 
 
+def _pairs_of_arrow(uids: pa.Array) -> np.ndarray | None:
+    """The entries of a text array of well-formed uids straight from its data buffer (every value
+    32 characters: the buffer is their concatenation), None for anything else (the list path then
+    names the bad uid)."""
+    if uids.null_count or not pa.types.is_string(uids.type):
+        return None
+    if len(uids) and pc.min_max(pc.binary_length(uids)).as_py() != {"min": 32, "max": 32}:
+        return None
+    if not len(uids):
+        return _entries(b"")
+    _, offsets, data = uids.buffers()
+    start, end = np.frombuffer(offsets, dtype=np.int32)[[uids.offset, uids.offset + len(uids)]]
+    try:
+        raw = bytes.fromhex(memoryview(data)[start:end].tobytes().decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return _entries(raw) if len(raw) == 16 * len(uids) else None
+
+
 def uids_to_pairs(uids: Iterable[str]) -> np.ndarray:
     """uids (32 hex chars, any case) as ``u8,u8`` entries, in the given order."""
-    if hasattr(uids, "to_pylist"):  # a pyarrow array or column
+    if isinstance(uids, pa.ChunkedArray):
+        uids = uids.combine_chunks()
+    if isinstance(uids, pa.Array):
+        fast = _pairs_of_arrow(uids)
+        if fast is not None:
+            return fast
         uids = uids.to_pylist()
     parts = [_pairs_of_chunk(chunk) for chunk in _chunks(uids)]
     return np.concatenate(parts) if parts else np.empty(0, dtype=SUBSET_DTYPE)

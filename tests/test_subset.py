@@ -69,10 +69,23 @@ def test_round_trip_sorted_with_duplicates(tmp_path):
     assert len(uids_to_subset([])) == 0
 
 
-@pytest.mark.parametrize("bad", ["xyz", "0" * 31, "g" * 32, "0" * 30 + " 1", None])
-def test_invalid_uids_are_named(bad):
+@pytest.mark.parametrize("bad", ["xyz", "0" * 31, "g" * 32, "0" * 30 + " 1", None, "é" * 16])
+@pytest.mark.parametrize("given_as", ["list", "arrow"])
+def test_invalid_uids_are_named(bad, given_as):
+    uids = ["0" * 32, bad] if given_as == "list" else pa.array(["0" * 32, bad], pa.string())
     with pytest.raises(SubsetError, match="is not 32 hex characters"):
-        uids_to_subset(["0" * 32, bad])
+        uids_to_subset(uids)
+
+
+def test_arrow_uids_read_from_their_buffer_equal_the_list_path():
+    """A column of uids becomes entries straight from its data buffer: the same entries as from a
+    list, for a slice of an array (its offsets do not start at 0) and for a chunked column."""
+    uids = [f"{i:032x}" for i in range(0, 2**64 * 5, 2**61 + 12345)] + ["AB" * 16]
+    column = pa.array(["f" * 32, *uids, "e" * 32], pa.string())
+    assert np.array_equal(uids_to_pairs(column.slice(1, len(uids))), uids_to_pairs(uids))
+    chunked = pa.chunked_array([pa.array(uids[:3]), pa.array(uids[3:])])
+    assert np.array_equal(uids_to_pairs(chunked), uids_to_pairs(uids))
+    assert len(uids_to_pairs(pa.array([], pa.string()))) == 0
 
 
 def test_read_errors_name_file_and_dtypes(tmp_path):

@@ -194,7 +194,7 @@ def _finish_row(row: dict, extra: dict, ref: ShardRef) -> dict:
 
 def _parquet_rows(path: str) -> list[dict]:
     with fsspec.open(path, "rb") as f:
-        return pq.read_table(f).to_pylist()
+        return pq.ParquetFile(f).read().to_pylist()  # one file: no dataset layer (read_table's)
 
 
 def read_tar_shard(ref: ShardRef) -> pa.Table:
