@@ -30,6 +30,7 @@ SUBSET_DTYPE = np.dtype([("f0", "<u8"), ("f1", "<u8")])
 _BIG_ENDIAN = np.dtype([("f0", ">u8"), ("f1", ">u8")])
 _HEX = re.compile(r"[0-9a-f]*")
 _CHUNK = 1 << 20
+_EXPORT_BATCH_ROWS = 1 << 17
 # Above this many entries sharing their high 64 bits, lookups switch to a structured search.
 _MAX_RUN = 32
 
@@ -203,12 +204,14 @@ def export_run_subset(run_dir: str | os.PathLike, path: str | os.PathLike, where
     DataComp subset file; returns the number of entries."""
     con = connect(run_dir)
     try:
-        table = con.sql(f"SELECT uid FROM samples WHERE uid IS NOT NULL AND ({where})").to_arrow_table()
+        query = con.sql(f"SELECT uid FROM samples WHERE uid IS NOT NULL AND ({where})")
+        # In batches, each made entries at once: the driver holds 16 bytes a uid, not its text.
+        parts = [uids_to_pairs(batch.column(0)) for batch in query.to_arrow_reader(_EXPORT_BATCH_ROWS)]
     except duckdb.Error as exc:
         raise ValueError(f"where: {where!r} is not a valid condition on the samples view: {exc}") from None
     finally:
         con.close()
-    count = write_subset(path, table["uid"])
+    count = write_subset(path, np.concatenate(parts) if parts else np.empty(0, dtype=SUBSET_DTYPE))
     logger.info("exported %d uids of %s where %s to %s", count, run_dir, where, path)
     return count
 
