@@ -57,16 +57,38 @@ def _model(model: str):
     return detector._get_model(low_memory=False, fallback_on_memory_error=model == "auto")
 
 
+def _predict_lines(lines: list[str], model: str) -> tuple[pa.Array, pa.Array]:
+    """fastText's best label (``__label__`` removed) and score of each line (a text ending in one
+    newline, as fastText reads it): ``""`` and 0.0 where it answers nothing. The loop makes only the
+    C++ call (one per text: fastText's batch call drops the scores); the rest is Arrow kernels."""
+    predict = _model(model).f.predict
+    labels: list[str] = []
+    scores: list[float] = []
+    add_label, add_score = labels.append, scores.append
+    for line in lines:
+        best = predict(line, 1, 0.0, "strict")
+        if best:
+            score, label = best[0]
+            add_score(score)
+            add_label(label)
+        else:
+            add_score(0.0)
+            add_label("")
+    langs = pc.replace_substring_regex(pa.array(labels, pa.string()), "^__label__", "")
+    return langs, pc.min_element_wise(pa.array(scores, pa.float64()), 1.0)
+
+
+def _lines(texts: pa.Array) -> list[str]:
+    """Texts as DataComp hands them to fastText: the whole text, newlines replaced by spaces, nothing
+    cut, stripped or case-folded; each ends in the newline fastText reads up to."""
+    return pc.binary_join_element_wise(pc.replace_substring(texts, "\n", " "), "\n", "").to_pylist()
+
+
 def detect_language(texts: list[str], model: str) -> list[tuple[str, float]]:
-    """fastText (lid.176) language id of each text as DataComp asks it: the whole text, newlines
-    replaced by spaces, nothing cut, stripped or case-folded (``("", 0.0)`` if fastText answers
-    nothing)."""
-    predict = _model(model).f.predict  # the C++ call, one per text: fastText's batch call drops scores
-    out = []
-    for text in texts:
-        best = predict(text.replace("\n", " ") + "\n", 1, 0.0, "strict")
-        out.append((best[0][1].removeprefix("__label__"), min(float(best[0][0]), 1.0)) if best else ("", 0.0))
-    return out
+    """fastText (lid.176) language id of each text as DataComp asks it (``_lines``); ``("", 0.0)``
+    if fastText answers nothing."""
+    langs, scores = _predict_lines(_lines(pa.array(texts, pa.string())), model)
+    return list(zip(langs.to_pylist(), scores.to_pylist(), strict=True))
 
 
 def _text(captions: pa.Array) -> pa.Array:
@@ -92,10 +114,8 @@ def _side(batch: pa.Table, name: str, use_original: bool) -> pa.Array:
 
 def _language_columns(captions: pa.Array, in_play: pa.Array, model: str) -> tuple[pa.Array, pa.Array]:
     """``lang`` and ``lang_score`` for the rows of ``in_play``, null elsewhere."""
-    asked = pc.filter(captions, in_play)
-    found = detect_language(asked.to_pylist(), model)
-    langs = pa.array([lang for lang, _ in found], pa.string())
-    scores = pa.array([score for _, score in found], pa.float32())
+    langs, scores = _predict_lines(_lines(pc.filter(captions, in_play)), model)
+    scores = scores.cast(pa.float32())
     n = len(captions)
     return (
         pc.replace_with_mask(pa.nulls(n, pa.string()), in_play, langs),
