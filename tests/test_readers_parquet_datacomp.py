@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -345,3 +346,44 @@ def test_datacomp_columns_that_need_converting_take_the_row_path(tmp_path: Path,
         table = table.set_column(table.schema.get_field_index("text"), "text", pa.array(range(table.num_rows)))
     ref = ShardRef(0, str(tmp_path / "00000000.parquet"), "datacomp")
     assert datacomp_reader._columnar_samples(table, ref, "text", ["face_bboxes"]) is None
+
+
+def test_datacomp_array_columns_follow_a_changed_npz(tmp_path: Path) -> None:
+    """The header names are read once per file (each stage and the sink ask for them), and read again
+    when the npz changes (its size or modification time)."""
+    from curate.readers.datacomp_reader import DataCompReader
+
+    base = tmp_path / "00000000"
+    _datacomp_shard(base)
+    ref = ShardRef(0, str(base.with_suffix(".parquet")), "datacomp")
+    reader = DataCompReader()
+    assert reader.array_columns(ref) == ["b32_img", "b32_txt", "l14_img", "l14_txt"]
+    np.savez(base.with_suffix(".npz"), other=np.zeros((5, 3), np.float32), more=np.zeros((5, 2), np.float16))
+    os.utime(base.with_suffix(".npz"), ns=(1, 1))  # a different stamp even within the clock's resolution
+    assert reader.array_columns(ref) == ["other", "more"]
+    assert reader.read_arrays(ref, ["more"])["more"].type == pa.list_(pa.float16(), 2)
+
+
+def test_sample_parquet_has_dictionaries_only_for_text_that_repeats(tmp_path: Path) -> None:
+    """uids, urls and captions are all different: a dictionary would be written for nothing; status
+    and reasons repeat and keep one; numbers never get one."""
+    from curate.stage_store import write_sample_parquet
+
+    n = 3000
+    table = pa.table(
+        {
+            "uid": [f"{i:032x}" for i in range(n)],
+            "status": ["success"] * n,
+            "drop_reason": [None, "too_small", "non_english"] * (n // 3),
+            "score": pa.array(np.linspace(0, 1, n), pa.float32()),
+        }
+    )
+    write_sample_parquet(table, tmp_path / "s.parquet")
+    meta = pq.ParquetFile(tmp_path / "s.parquet").metadata.row_group(0)
+    dictionary = {
+        meta.column(j).path_in_schema
+        for j in range(meta.num_columns)
+        if any("DICTIONARY" in e for e in meta.column(j).encodings)
+    }
+    assert dictionary == {"status", "drop_reason"}
+    assert pq.read_table(tmp_path / "s.parquet").equals(table)

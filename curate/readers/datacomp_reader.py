@@ -330,7 +330,7 @@ def _meta_column(table: pa.Table, meta_cols: list[str]) -> pa.Array:
     if not meta_cols:
         return pa.nulls(n, pa.string())
     plain = all(_is_plain(table[c]) for c in meta_cols)
-    if plain:  # numbers and lists of them: no Python call per row at all
+    if plain:  # numbers, booleans and lists of them json_objects encodes with no Python call per row
         texts = json_objects({c: table[c] for c in meta_cols})
         if texts is not None:
             return texts.cast(pa.string())
