@@ -60,7 +60,8 @@ def _metadata(root: Path, shards: int, rows: int, distinct: int | None = None) -
         repeated.mkdir(parents=True)
         for i in range(shards):
             for suffix in (".parquet", ".npz"):
-                (repeated / f"{i:08d}{suffix}").symlink_to(meta / f"{i % made:08d}{suffix}")
+                # absolute: a link relative to the working folder would point nowhere from the link's own
+                (repeated / f"{i:08d}{suffix}").symlink_to((meta / f"{i % made:08d}{suffix}").resolve())
         (repeated / "_done").write_text("")
     return repeated
 

@@ -37,13 +37,28 @@ from curate.crashpoints import CrashPlan, crash_point
 from curate.parts import assemble_shard, part_folder, remove_parts, write_parts
 from curate.plan import Plan, Stage
 from curate.progress import StageProgress
-from curate.readers.base import ShardRef, fetch_images, read_shard, source_array_columns
+from curate.readers.base import (
+    ShardRef,
+    fetch_images,
+    projects_columns,
+    read_columns,
+    read_shard,
+    source_array_columns,
+    source_columns,
+)
 from curate.shard_tasks import ShardTasks
 from curate.shard_work import ShardWork
 from curate.sink import SinkContext, write_final_shard
-from curate.stage_store import StageStore, load_shard, stage_columns, stored_in_source
+from curate.stage_store import (
+    BOOKKEEPING_COLUMNS,
+    KEY_COLUMNS,
+    StageStore,
+    load_shard,
+    stage_columns,
+    stored_in_source,
+)
 from curate.steps import StepRunner, seen_mask
-from schemas.tables import RETRYABLE_STATUSES
+from schemas.tables import HEAVY_COLUMNS, RETRYABLE_STATUSES
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +80,20 @@ class StageJob:
     needs_pixels: bool
     pixel_rows: str
     named_columns: tuple[str, ...]  # columns steps name (``*_column``): stage 0 reads and stores them
+    # Stage 0: the source's columns it stores besides keys, bookkeeping and what its steps add or change
+    # (``Plan.first_stage_stores``); None: every column.
+    first_stores: tuple[str, ...] | None
     # Whether the stage's input carries every array its source keeps (``source_array_columns``), not
     # only the named ones: in the last stage, when the sink copies them into the output.
     source_arrays: bool
     sink: SinkContext | None  # set in the last stage: finished shards go straight to the sink
     crash: CrashPlan
+
+
+def _stores_lean(job: StageJob, ref: ShardRef) -> bool:
+    """Whether stage 0 stores of the shard only the keys, the bookkeeping, what its steps add or
+    change and ``first_stores``, the source's other columns staying in the source."""
+    return job.stage_index == 0 and job.first_stores is not None and projects_columns(ref)
 
 
 def _only_rows(table: pa.Table, rows: list[int] | None) -> pa.Table:
@@ -81,6 +105,8 @@ def _only_rows(table: pa.Table, rows: list[int] | None) -> pa.Table:
 def load_stage_input(job: StageJob, ref: ShardRef, rows: list[int] | None = None) -> pa.Table:
     """A shard (or ``rows`` of it) as the stage's first operation sees it."""
     if job.stage_index == 0:
+        if _stores_lean(job, ref) and not job.step_ids:  # no step reads the rest
+            return _only_rows(read_columns(ref, [*KEY_COLUMNS, *BOOKKEEPING_COLUMNS, *job.first_stores]), rows)
         wanted = {*job.named_columns, *job.declared}
         named = None if job.source_arrays else [c for c in source_array_columns(ref) if c in wanted]
         return _only_rows(read_shard(ref, named), rows)
@@ -124,10 +150,21 @@ def commit_shard(job: StageJob, work: ShardWork, table: pa.Table) -> dict | None
     """Write a shard's stage output and marker (and its final shard, in the last stage)."""
     first = job.stage_index == 0
     output = table.select(stage_columns(table, list(job.input_columns), set(job.declared), first=first))
-    in_source, order = stored_in_source(output, work.ref, {*job.named_columns, *job.declared}) if first else ([], None)
+    in_source, order = [], None
+    if _stores_lean(job, work.ref):
+        source = source_columns(work.ref)
+        added = [c for c in output.column_names if c not in set(source)]
+        stored = {*KEY_COLUMNS, *BOOKKEEPING_COLUMNS, *job.declared, *job.first_stores, *added}
+        output = output.select([c for c in output.column_names if c in stored])
+        columns = [*(c for c in source if c not in HEAVY_COLUMNS), *added]
+        in_source, order = stored_in_source(columns, work.ref, set(job.named_columns), set(output.column_names))
+    elif first:
+        in_source, order = stored_in_source(output.column_names, work.ref, {*job.named_columns, *job.declared})
     if order is not None:  # stored and sunk in the order a later load gives them
         output = output.select([c for c in order if c in output.column_names])
-        table = table.select([*output.column_names, *(c for c in table.column_names if c not in order)])
+        table = table.select(
+            [*(c for c in order if c in table.column_names), *(c for c in table.column_names if c not in order)]
+        )
     retry = retry_rows(table, job.step_ids)
     version = job.store.write(work.ref.index, output, list(work.inputs), retry, in_source, order)
     crash_point("stage_written", job.crash)

@@ -22,8 +22,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from curate.registry import StepEntry, get_layout, get_step
-from schemas.recipe import Recipe, StepSpec
+from curate.registry import StepEntry, get_layout, get_reader, get_step
+from schemas.recipe import SPECIAL_INPUT_FORMATS, Recipe, StepSpec
 
 Action = Literal["call", "decide"]
 
@@ -134,6 +134,28 @@ class Plan:
                     names.add(value)
         return tuple(sorted(names))
 
+    @property
+    def first_stage_stores(self) -> tuple[str, ...] | None:
+        """The source's columns that stage 0 stores besides the keys, the bookkeeping and what its
+        steps add or change: those named by steps and those every barrier's SQL reads
+        (``StepEntry.state_columns``). The source's other columns stay in the source, whose reader
+        reads them again when a later stage or the sink needs them (``projects_columns``: it reads
+        columns alone, so a stage 0 without steps reads only these); storing them would copy the
+        source. None (store every column) when a barrier does not say what it reads, or the input's
+        reader does not project."""
+        fmt = self.recipe.input.format
+        # auto: each shard's reader is asked (``projects_columns``); a url pool never projects
+        projects = fmt == "auto" if fmt in SPECIAL_INPUT_FORMATS else hasattr(get_reader(fmt).cls, "read_columns")
+        if not projects:
+            return None
+        reads = set(self.columns_named_by_steps)
+        for op in self.global_operations:
+            columns = op.entry.state_columns(op.entry.params_model(**op.spec.params))
+            if columns is None:
+                return None
+            reads.update(columns)
+        return tuple(sorted(reads))
+
     def describe(self) -> str:
         lines = [
             f"plan of {self.recipe.name!r}: {len(self.stages)} stage(s), output layout {self.recipe.output.layout}"
@@ -142,6 +164,8 @@ class Plan:
             reads = "source shards (pixels)" if stage.index == 0 or stage.needs_pixels else "stage outputs"
             if stage.index and stage.needs_pixels:
                 reads = f"stage outputs + image bytes by range ({stage.pixel_rows} rows)"
+            if stage.index and self.first_stage_stores is not None:
+                reads += " + the source shards again (any columns stage 0 left there)"
             how = "one task per shard" if stage.runs_per_shard else "a Ray Data pass, an actor pool per step"
             if not stage.runs_per_shard and not self.needs_gpu:
                 how += " (one task per shard in local processes when no cluster is named)"
@@ -151,6 +175,14 @@ class Plan:
             if not stage.operations:
                 lines.append("  - (no steps: the input as read)")
             writes = "per shard: a Parquet of the columns it added, then a done-marker"
+            stored = self.first_stage_stores if stage.index == 0 else None
+            if stored is not None:
+                added = ["what its steps add or change"] if stage.operations else []
+                kept = ", ".join(["keys", "bookkeeping", *added, *stored])
+                where = "the rest stays in the source"
+                if self.recipe.input.format == "auto":
+                    where += " if its reader reads columns alone, as DataComp's does; else every column"
+                writes = f"per shard: a Parquet of {kept} ({where}), then a done-marker"
             lines.append(f"  writes {writes}")
             if stage.barrier is not None:
                 lines.append(

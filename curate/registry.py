@@ -68,6 +68,13 @@ class StepEntry:
     modifies: tuple[str, ...]
     summary: str
 
+    def state_columns(self, params: BaseModel) -> tuple[str, ...] | None:
+        """The columns of ``staged`` a global step's ``global_state`` reads besides the keys and the
+        bookkeeping (``status``, ``keep``, ...), as its class declares them (``state_columns(params)``);
+        None when it does not declare them (it may read any column)."""
+        declared = getattr(self.cls, "state_columns", None)
+        return None if declared is None else tuple(declared(params))
+
     @property
     def annotates_in_stream(self) -> bool:
         """A global step whose ``__call__`` annotates in the stage before its barrier (in parallel

@@ -225,6 +225,7 @@ def _run_stages(plan: Plan, run: RunDir, shards: list[ShardRef], crash: CrashPla
                 needs_pixels=stage.needs_pixels,
                 pixel_rows=stage.pixel_rows,
                 named_columns=plan.columns_named_by_steps,
+                first_stores=plan.first_stage_stores if stage.index == 0 else None,
                 source_arrays=stage.is_last and plan.recipe.output.source_arrays == "copy",
                 sink=sink if stage.is_last else None,
                 crash=crash,

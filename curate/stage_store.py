@@ -20,7 +20,11 @@ arrays that its reader reads again alone for less than storing costs (DataComp's
 ``array_columns``), unless a step names one in a ``*_column`` param (a step reads a source array
 only by naming it; a barrier's SQL reads it from the stored files). Those the marker lists as
 ``in_source``, with the stage's column ``order`` (the arrays last), and loading the shard reads
-them again from the source when asked (the sink copying them). A later stage stores
+them again from the source when asked (the sink copying them). From a source whose reader reads
+columns alone (DataComp's), stage 0 stores only the keys, the bookkeeping, what its steps add or
+change and what steps name or barriers read (``Plan.first_stage_stores``, when every barrier says
+what it reads): every other column is ``in_source``, and loading the shard reads them again; a
+stage 0 without steps (a recipe that starts with a global step) reads only what it stores. A later stage stores
 the bookkeeping columns (status, keep, decisions, ...), the columns its steps declare they modify
 and the columns they add. A shard's table as of the end of stage k is stage 0's file with the
 columns of stages 1..k laid over it, row by row (rows never change: one per input sample).
@@ -40,7 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.readers.base import ShardRef, read_source_arrays, source_array_columns
+from curate.readers.base import ShardRef, read_source_columns, source_array_columns
 from curate.run_storage import RunStorage
 from schemas.tables import HEAVY_COLUMNS
 
@@ -181,7 +185,30 @@ class StageStore:
         return version
 
     def read(self, shard_index: int, columns: list[str] | None = None) -> pa.Table:
-        return self.storage.read_parquet(self.data_name(shard_index), columns)
+        return with_arrow_list_names(self.storage.read_parquet(self.data_name(shard_index), columns))
+
+
+def _arrow_names(type_: pa.DataType) -> pa.DataType:
+    def child(field: pa.Field) -> pa.Field:
+        return pa.field("item", _arrow_names(field.type), field.nullable, field.metadata)
+
+    if pa.types.is_list(type_):
+        return pa.list_(child(type_.value_field))
+    if pa.types.is_large_list(type_):
+        return pa.large_list(child(type_.value_field))
+    if pa.types.is_fixed_size_list(type_):
+        return pa.list_(child(type_.value_field), type_.list_size)
+    if pa.types.is_struct(type_):
+        return pa.struct([field.with_type(_arrow_names(field.type)) for field in type_])
+    return type_
+
+
+def with_arrow_list_names(table: pa.Table) -> pa.Table:
+    """``table`` with its lists' values named ``item``, as Arrow names them, not ``element``, as a
+    Parquet file gives them back: a shard written from the cache (a resumed run) then has the schema,
+    and the bytes, of one written from the stage's own table."""
+    schema = pa.schema([field.with_type(_arrow_names(field.type)) for field in table.schema], table.schema.metadata)
+    return table if str(schema) == str(table.schema) else table.cast(schema)
 
 
 def stage_columns(output: pa.Table, input_columns: list[str], declared: set[str], first: bool) -> list[str]:
@@ -217,34 +244,44 @@ def load_shard(stores: list[StageStore], ref: ShardRef, source_arrays: bool = Tr
     arrays stage 0 left in the source unless ``source_arrays``."""
     table = stores[0].read(ref.index)
     marker = stores[0].read_marker(ref.index) or {}
-    if marker.get("in_source") and source_arrays:
-        arrays = read_source_arrays(ref, marker["in_source"])
-        if arrays.num_rows != table.num_rows:
+    left = marker.get("in_source") or []
+    if left and not source_arrays:
+        arrays = set(source_array_columns(ref))
+        left = [c for c in left if c not in arrays]
+    if left:
+        again = read_source_columns(ref, left)
+        if again.num_rows != table.num_rows:
             raise RuntimeError(
-                f"{ref.path!r} has {arrays.num_rows} rows of {marker['in_source']} but its stage 0 output "
+                f"{ref.path!r} has {again.num_rows} rows of {left} but its stage 0 output "
                 f"{table.num_rows}: the source changed under the run; remove RUN/_cache"
             )
-        for name in arrays.column_names:
-            table = table.append_column(arrays.schema.field(name), arrays[name])
-        table = table.select(marker["order"])
+        for name in again.column_names:
+            table = table.append_column(again.schema.field(name), again[name])
+        table = table.select([c for c in marker["order"] if c in table.column_names])
     for store in stores[1:]:
         table = overlay(table, store.read(ref.index))
     return table
 
 
-def stored_in_source(table: pa.Table, ref: ShardRef, named: set[str]) -> tuple[list[str], list[str]]:
-    """The columns of stage 0's output ``table`` that stay in the source: the reader's arrays
-    (``source_array_columns``) but those a step names (``named``: stage 0 read them, and a
-    barrier's SQL may read them); and the output's column order with all of them, which is the same
-    whether stage 0 read them or not: the arrays last, in the reader's order. (None, None) when the
-    reader has no such arrays."""
+def stored_in_source(
+    columns: list[str], ref: ShardRef, named: set[str], stored: set[str] | None = None
+) -> tuple[list[str], list[str] | None]:
+    """The columns of stage 0's output (``columns``) that stay in the source, and the output's
+    column order with all of them, which is the same whether stage 0 read them or not: the arrays
+    last, in the reader's order. Those that stay are the reader's arrays (``source_array_columns``)
+    but those a step names (``named``: stage 0 read them, and a barrier's SQL may read them); or,
+    given the ``stored`` ones (``Plan.first_stage_stores``), all the others. ([], None) when
+    nothing stays."""
     arrays = source_array_columns(ref)
+    order = [c for c in columns if c not in arrays] + arrays
+    if stored is not None:
+        return [c for c in order if c not in stored], order
     if not arrays:
         return [], None
-    missing = sorted(c for c in arrays if c in named and c not in table.column_names)
+    missing = sorted(c for c in arrays if c in named and c not in columns)
     if missing:
         raise RuntimeError(f"stage 0 of {ref.path!r} did not read {missing}, which a step names")
-    return [c for c in arrays if c not in named], [c for c in table.column_names if c not in arrays] + arrays
+    return [c for c in arrays if c not in named], order
 
 
 def _sql_literal(path: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -71,7 +72,7 @@ def _distinct_rows(table: pa.Table) -> list[tuple[str | None, list | None, int]]
     """(status, decisions, rows) for each distinct pair among the table's rows."""
     if not table.num_rows:
         return []
-    keys = pa.table({"key": _row_keys(table), "row": pa.array(range(table.num_rows), pa.int64())})
+    keys = pa.table({"key": _row_keys(table), "row": pa.array(np.arange(table.num_rows, dtype=np.int64))})
     groups = keys.group_by("key").aggregate([("row", "min"), ("row", "count")])
     first = groups["row_min"]
     statuses = table["status"].take(first).to_pylist()

@@ -87,8 +87,14 @@ def run_on_rows(
     modifies: Iterable[str] = (),
 ) -> pa.Table:
     """Apply ``fn`` to the rows the step sees; put the others back in place, unchanged."""
-    batch = batch.append_column(_POSITION, pa.array(np.arange(batch.num_rows, dtype=np.int64)))
     mask = seen_mask(batch, rows)
+    if batch.num_rows and pc.all(pc.fill_null(mask, False)).as_py():
+        # It sees every row: nothing to put back, so nothing to sort (which would copy every
+        # column); a step keeps its rows in order (``_check_untouched`` fails one that does not).
+        done = _run_isolating_failures(batch, fn, step_id)
+        _check_untouched(batch, done, step_id, set(modifies))
+        return fold_decisions(done, step_id)
+    batch = batch.append_column(_POSITION, pa.array(np.arange(batch.num_rows, dtype=np.int64)))
     todo = batch.filter(mask)
     rest = batch.filter(pc.invert(mask))
     done = _run_isolating_failures(todo, fn, step_id) if todo.num_rows else fn(todo)
@@ -196,7 +202,7 @@ def fold_decisions(done: pa.Table, step_id: str) -> pa.Table:
     mask = pa.array(decided_np)
     new = pa.StructArray.from_arrays(
         [
-            pa.array([step_id] * int(decided_np.sum()), pa.string()),
+            pa.repeat(pa.scalar(step_id, pa.string()), int(decided_np.sum())),
             this_keep.filter(mask),
             this_reason.filter(mask),
         ],

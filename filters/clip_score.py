@@ -77,6 +77,10 @@ class ClipScoreFraction:
     def __call__(self, batch: pa.Table) -> pa.Table:
         return batch  # decides in decide(), once the pool-wide threshold is known
 
+    @staticmethod
+    def state_columns(params: ClipFractionParams) -> tuple[str, ...]:
+        return (params.score_column,)  # and count(*): a stage without steps stores little else
+
     def global_state(self, con: duckdb.DuckDBPyConnection, artifacts: Path) -> dict:
         column = quote_identifier(self.params.score_column)
         try:

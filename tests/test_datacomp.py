@@ -221,6 +221,33 @@ def test_source_arrays_leave_writes_everything_but_the_embeddings(ray_session, m
         assert left.equals(copied.drop_columns(["l14_img", "b32_img"]))
 
 
+def test_a_recipe_starting_with_a_global_step_stores_only_what_its_barrier_reads(ray_session, metadata, tmp_path):
+    """Stage 0 of ``datacomp_clip_score`` has no steps: it stores the keys, the bookkeeping and the
+    score the barrier's SQL reads, and leaves every other column in the source, which stage 1 reads
+    again. Its sidecars and subset equal those of a run whose barrier does not say what it reads
+    (stage 0 then stores every column but the embeddings)."""
+    from filters.clip_score import ClipScoreFraction
+
+    lean = _clip_score_run(metadata, tmp_path / "lean", "leave").run_dir.root
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delattr(ClipScoreFraction, "state_columns")
+        whole = _clip_score_run(metadata, tmp_path / "whole", "leave").run_dir.root
+    stored = {"shard_index", "row_in_shard", "status", "error_message", "keep", "drop_reason", "decisions"}
+    stored.add("clip_l14_similarity_score")
+    for root, kept in ((lean, stored), (whole, None)):
+        stage0 = next((root / "_cache").glob("stage0-*"))
+        marker = json.loads((stage0 / "_done" / "00000001.json").read_text())
+        names = pq.read_schema(stage0 / "00000001.parquet").names
+        if kept is None:
+            assert "uid" in names and "caption" in names and marker["in_source"] == ["l14_img", "b32_img"]
+        else:
+            assert set(names) == kept and "uid" in marker["in_source"] and "l14_img" in marker["in_source"]
+            assert set(marker["order"]) == set(names) | set(marker["in_source"])
+    assert (lean / "subset.npy").read_bytes() == (whole / "subset.npy").read_bytes()
+    for path in sorted((whole / "shards").glob("*")):
+        assert (lean / "shards" / path.name).read_bytes() == path.read_bytes(), path.name
+
+
 def test_a_killed_run_with_embeddings_in_the_source_resumes_to_the_same_sidecars(ray_session, metadata, tmp_path):
     """Killed after its second stage-0 shard (their markers name the arrays left in the source),
     the copy run resumes and writes the sidecars an uninterrupted run writes, embeddings included."""
@@ -236,6 +263,35 @@ def test_a_killed_run_with_embeddings_in_the_source_resumes_to_the_same_sidecars
     assert (out / "subset.npy").read_bytes() == (reference / "subset.npy").read_bytes()
     for path in sorted((reference / "shards").glob("*.parquet")):
         assert pq.read_table(out / "shards" / path.name).equals(pq.read_table(path)), path.name
+
+
+def test_a_killed_basic_run_stores_only_what_it_adds_and_resumes_to_the_same_files(ray_session, metadata, tmp_path):
+    """``datacomp_basic``'s stage 0 (its only stage) stores the keys, the bookkeeping and the columns
+    basic adds; the source's columns stay in the source. Killed after its second shard's stage output
+    (before that shard's final files), it resumes, writes them from the cache and the source read
+    again, and every output file equals that of an uninterrupted run storing every column."""
+    from curate.plan import Plan
+
+    reference = tmp_path / "whole"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Plan, "first_stage_stores", property(lambda self: None))
+        recipe = load_recipe("datacomp_basic", input_path=f"{metadata}/*.parquet", output_path=str(reference))
+        run_recipe(recipe)
+    out = tmp_path / "killed"
+    pattern = f"{metadata}/*.parquet"
+    killed = start_cli("datacomp_basic", pattern, out, ray_session, crash_at="stage_written:2")
+    finish(killed)
+    assert killed.returncode != 0 and not (out / "subset.npy").exists()
+    resumed = start_cli("datacomp_basic", pattern, out, ray_session)
+    assert "Traceback" not in finish(resumed) and resumed.returncode == 0
+    stage0 = next((out / "_cache").glob("stage0-*"))
+    names = set(pq.read_schema(stage0 / "00000000.parquet").names)
+    source = set(pq.read_schema(sorted(metadata.glob("*.parquet"))[0]).names)
+    assert {"keep", "decisions", "shard_index", "row_in_shard"} <= names and not names & (source | {"caption", "uid"})
+    assert names - {"shard_index", "row_in_shard", "status", "error_message", "keep", "drop_reason", "decisions"}
+    assert (out / "subset.npy").read_bytes() == (reference / "subset.npy").read_bytes()
+    for path in sorted((reference / "shards").glob("*")):
+        assert (out / "shards" / path.name).read_bytes() == path.read_bytes(), path.name
 
 
 def test_bad_datacomp_inputs_fail_before_work(metadata, tmp_path):

@@ -387,3 +387,41 @@ def test_sample_parquet_has_dictionaries_only_for_text_that_repeats(tmp_path: Pa
     }
     assert dictionary == {"status", "drop_reason"}
     assert pq.read_table(tmp_path / "s.parquet").equals(table)
+
+
+_PROJECTED = ["shard_index", "row_in_shard", "status", "error_message", "keep", "drop_reason", "decisions"]
+
+
+@pytest.mark.parametrize("shape", ["datacomp", "uppercase uids", "status column", "error_message column", "1-D clash"])
+def test_datacomp_read_columns_equal_the_whole_read(tmp_path: Path, shape: str) -> None:
+    """What stage 0 of a recipe starting with a global step reads (keys, bookkeeping, a score, an
+    embedding) equals those columns of the whole read, values and types, whatever the shard's shape;
+    the column names from the headers alone are the whole read's."""
+    from curate.readers.datacomp_reader import DataCompReader
+
+    base = tmp_path / "00000002"
+    if shape == "1-D clash":
+        pq.write_table(
+            pa.table({"uid": ["a" * 32, "b" * 32], "text": ["x", "y"], "clip_l14_similarity_score": [0.5, 0.25]}),
+            base.with_suffix(".parquet"),
+        )
+        np.savez(base.with_suffix(".npz"), clip_l14_similarity_score=np.array([1.0, 2.0]), l14_img=np.ones((2, 3)))
+    elif shape == "datacomp":
+        _as_datacomp_writes_it(base)
+    else:
+        table = _datacomp_shard(base)["table"]  # uppercase uids: the row path
+        if shape != "uppercase uids":
+            extra = ["success", "failed_download", "success", "success", "success"]
+            table = table.append_column(shape.split()[0], pa.array(extra))
+            pq.write_table(table, base.with_suffix(".parquet"))
+    ref = ShardRef(2, str(base.with_suffix(".parquet")), "datacomp")
+    reader = DataCompReader()
+    whole = read_datacomp_shard(ref)
+    assert reader.column_names(ref) == whole.column_names
+    for names in (_PROJECTED, [*_PROJECTED, "clip_l14_similarity_score", "l14_img"], ["uid", "l14_img", "caption"]):
+        got = reader.read_columns(ref, names)
+        want = whole.select([c for c in whole.column_names if c in names])
+        assert got.schema.equals(want.schema), (names, got.schema, want.schema)
+        assert got.equals(want), names
+    if shape.endswith("column"):  # the shard's own status: nothing is assumed
+        assert reader.read_columns(ref, _PROJECTED)[shape.split()[0]].to_pylist()[1] == "failed_download"

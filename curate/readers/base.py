@@ -141,9 +141,31 @@ def source_array_columns(ref: ShardRef) -> list[str]:
     return list(reader.array_columns(ref)) if hasattr(reader, "array_columns") else []
 
 
-def read_source_arrays(ref: ShardRef, names: list[str]) -> pa.Table:
-    """Columns of ``source_array_columns(ref)``, as ``read_shard`` makes them, in ``names`` order."""
-    return _reader(ref).read_arrays(ref, names)
+def read_source_columns(ref: ShardRef, names: list[str]) -> pa.Table:
+    """Columns of ``read_shard(ref)``, exactly as it makes them, in ``names`` order: arrays of
+    ``source_array_columns`` alone by the reader's ``read_arrays``; any others by reading the shard
+    (with only the arrays asked for)."""
+    arrays = set(source_array_columns(ref))
+    if all(name in arrays for name in names):
+        return _reader(ref).read_arrays(ref, names)
+    return read_shard(ref, [name for name in names if name in arrays]).select(names)
+
+
+def projects_columns(ref: ShardRef) -> bool:
+    """Whether the shard's reader reads some columns without the rest (``read_columns``) and names
+    every column of a whole read from the shard's headers (``column_names``)."""
+    return hasattr(_reader(ref), "read_columns")
+
+
+def read_columns(ref: ShardRef, names: list[str]) -> pa.Table:
+    """Columns ``names`` of ``read_shard(ref)``, with the same values and types, in the order of
+    ``source_columns(ref)``; by a reader that ``projects_columns``."""
+    return _reader(ref).read_columns(ref, names)
+
+
+def source_columns(ref: ShardRef) -> list[str]:
+    """Every column of ``read_shard(ref)`` in its order, from headers alone (``projects_columns``)."""
+    return list(_reader(ref).column_names(ref))
 
 
 def preflight(shards: list[ShardRef], column_params: dict[str, str] | None = None) -> None:

@@ -29,6 +29,7 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from curate.readers.base import InputError, ShardRef
@@ -197,23 +198,94 @@ def _file_stamp(path: str) -> tuple:
     return (info.get("size"), info.get("mtime") or info.get("LastModified") or info.get("ETag"))
 
 
-def _embedding_names(ref: ShardRef) -> tuple[set[str], list[tuple[str, NpzMember]]]:
-    """The columns ``read_datacomp_shard`` makes of the npz's 2-D arrays, from headers alone;
-    asked several times for each shard of a run (each stage, the sink), read once while the files
-    stay the same."""
+@dataclass(frozen=True)
+class ShardHeader:
+    """What ``read_datacomp_shard`` makes of a shard, known from its headers alone."""
+
+    parquet_names: tuple[str, ...]
+    rows: int
+    score_columns: tuple[str, ...]
+    arrays: tuple[tuple[str, NpzMember], ...]  # every numeric array of the npz, by its column name
+
+    @property
+    def embeddings(self) -> dict[str, NpzMember]:
+        """The 2-D arrays (embeddings), which a read may leave out."""
+        return {name: m for name, m in self.arrays if len(m.shape) == 2}
+
+    @property
+    def column_names(self) -> list[str]:
+        return [*SAMPLE_COLUMNS, *self.score_columns, *(name for name, _ in self.arrays)]
+
+
+def _header(ref: ShardRef) -> ShardHeader:
+    """The shard's header, asked several times for each shard of a run (each stage, the sink), read
+    once while the files stay the same."""
     npz_path = _npz_path(ref)
-    return _embedding_names_of(ref.path, npz_path, _file_stamp(ref.path), _file_stamp(npz_path))
+    return _header_of(ref.path, npz_path, _file_stamp(ref.path), _file_stamp(npz_path))
 
 
 @functools.lru_cache(maxsize=4096)
-def _embedding_names_of(path: str, npz_path: str, *_stamps: tuple) -> tuple[set[str], list[tuple[str, NpzMember]]]:
-    import pyarrow.parquet as pq
-
+def _header_of(path: str, npz_path: str, *_stamps: tuple) -> ShardHeader:
     with fsspec.open(path, "rb") as f:
-        schema = pq.read_schema(f)
-    taken = {*SAMPLE_COLUMNS, *_score_columns(schema, _caption_column(schema.names))}
+        metadata = pq.read_metadata(f)
+    schema = metadata.schema.to_arrow_schema()
+    scores = _score_columns(schema, _caption_column(schema.names))
     members = index_npz(npz_path) or []
-    return taken, [(name, m) for name, m in _npz_names(npz_path, members, taken) if len(m.shape) == 2]
+    arrays = _npz_names(npz_path, members, {*SAMPLE_COLUMNS, *scores})
+    return ShardHeader(tuple(schema.names), metadata.num_rows, tuple(scores), tuple(arrays))
+
+
+# Columns of a shard without status or error_message columns that are the same on every row, or a
+# function of the row's place (``_constant_column``): stage 0 of a recipe starting with a global
+# step stores them and the named scores, and reads no text (``read_columns``).
+_PLACE_COLUMNS = ("source", "shard_index", "row_in_shard", "shard_rows")
+_CONSTANT_COLUMNS = ("status", "error_message", "keep", "drop_reason", "decisions")
+
+
+def _constant_column(name: str, ref: ShardRef, n: int) -> pa.Array:
+    """A column that a shard without status columns has the same on every row, or by its place.
+    Arrow repeats the values: an array of Python objects would be converted one by one (and makes
+    pyarrow import pandas, most of a second at a worker's first shard)."""
+    field = SAMPLE_SCHEMA.field(name)
+    repeated = {"source": ref.path, "shard_index": ref.index, "shard_rows": n, "status": STATUS_SUCCESS, "keep": True}
+    if name in repeated:
+        return pa.repeat(pa.scalar(repeated[name], field.type), n)
+    if name == "row_in_shard":
+        return pa.array(np.arange(n, dtype=np.int32))
+    if name == "decisions":
+        return pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], DECISION_TYPE))
+    return pa.nulls(n, field.type)
+
+
+def _projected(ref: ShardRef, header: ShardHeader, names: list[str]) -> pa.Table | None:
+    """``names`` of the shard read from the parquet's score columns and the npz alone, or None if
+    one of them needs the whole read (text, or a shard whose status comes from its own columns)."""
+    if {"status", "error_message"} & set(header.parquet_names):
+        return None
+    arrays = dict(header.arrays)
+    known = {*_PLACE_COLUMNS, *_CONSTANT_COLUMNS, *header.score_columns, *arrays}
+    if any(name not in known for name in names):
+        return None
+    n = header.rows
+    for _, member in header.arrays:  # a misaligned shard fails as the whole read does
+        if not member.shape or member.shape[0] != n:
+            return None
+    scores = [name for name in names if name in header.score_columns]
+    table = read_parquet_table(ref.path, scores) if scores else None
+    fields, columns = [], []
+    for name in header.column_names:
+        if name not in names:
+            continue
+        if name in header.score_columns:
+            fields.append(pa.field(name, pa.float32()))
+            columns.append(table[name].cast(pa.float32()))
+        elif name in arrays:
+            columns.append(embedding_array(load_npz_array(_npz_path(ref), arrays[name])))
+            fields.append(pa.field(name, columns[-1].type))
+        else:
+            fields.append(SAMPLE_SCHEMA.field(name))
+            columns.append(_constant_column(name, ref, n))
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
 
 
 def read_datacomp_shard(ref: ShardRef, arrays: list[str] | None = None) -> pa.Table:
@@ -300,15 +372,9 @@ def _columnar_samples(table: pa.Table, ref: ShardRef, caption_col: str | None, m
 
     by_name = {
         "uid": uid.cast(pa.string()),
-        "source": pa.array(np.full(n, ref.path, dtype=object), pa.string()),
-        "shard_index": pa.array(np.full(n, ref.index, dtype=np.int32)),
-        "row_in_shard": pa.array(np.arange(n, dtype=np.int32)),
-        "shard_rows": pa.array(np.full(n, n, dtype=np.int32)),
         "caption": column(caption_col, SAMPLE_SCHEMA.field("caption")),
-        "status": pa.array(np.full(n, STATUS_SUCCESS, dtype=object), pa.string()),
         "meta": _meta_column(table, meta_cols),
-        "keep": pa.array(np.ones(n, dtype=bool)),
-        "decisions": pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], DECISION_TYPE)),
+        **{name: _constant_column(name, ref, n) for name in (*_PLACE_COLUMNS, "status", "keep", "decisions")},
     }
     arrays = [
         by_name[f.name] if f.name in by_name else column(f.name if f.name in (*text, "key", *INT_COLUMNS) else None, f)
@@ -375,9 +441,6 @@ def _is_plain(values: pa.ChunkedArray | pa.Array) -> bool:
 
 def check_datacomp_shard(ref: ShardRef) -> None:
     """Row alignment of a shard's parquet and npz from their headers alone (no data is read)."""
-    import fsspec
-    import pyarrow.parquet as pq
-
     with fsspec.open(ref.path, "rb") as f:
         rows = pq.read_metadata(f).num_rows
     _checked_npz(_npz_path(ref), ref.path, rows)
@@ -396,12 +459,26 @@ class DataCompReader:
     def array_columns(self, ref: ShardRef) -> list[str]:
         """The embedding columns (the npz's 2-D arrays), which ``read_arrays`` reads again alone:
         memory-mapped, they cost less to read again than to store (``curate.stage_store``)."""
-        return [name for name, _ in _embedding_names(ref)[1]]
+        return list(_header(ref).embeddings)
+
+    def column_names(self, ref: ShardRef) -> list[str]:
+        """Every column of ``read(ref)``, in its order, from the headers."""
+        return _header(ref).column_names
+
+    def read_columns(self, ref: ShardRef, names: list[str]) -> pa.Table:
+        """Columns ``names`` of ``read(ref)`` in its order: scores, embeddings and the columns the same
+        on every row without reading the text, any others by the whole read."""
+        header = _header(ref)
+        table = _projected(ref, header, names)
+        if table is not None:
+            return table
+        wanted = set(names)
+        full = read_datacomp_shard(ref, [name for name in header.embeddings if name in wanted])
+        return full.select([name for name in full.column_names if name in wanted])
 
     def read_arrays(self, ref: ShardRef, names: list[str]) -> pa.Table:
         """Columns of ``array_columns`` exactly as ``read`` makes them, without the rest of the shard."""
-        _, named = _embedding_names(ref)
-        by_name = dict(named)
+        by_name = _header(ref).embeddings
         missing = [n for n in names if n not in by_name]
         if missing:
             raise InputError(f"input.path: {_npz_path(ref)!r} no longer has the arrays {missing}; the source changed")
@@ -410,8 +487,6 @@ class DataCompReader:
     def preflight(self, refs: list[ShardRef], column_params: dict[str, str]) -> None:
         """Row alignment of every shard, and that the columns steps read exist in the metadata (a
         metadata-only pool has no step that could produce them)."""
-        import pyarrow.parquet as pq
-
         for ref in refs:
             check_datacomp_shard(ref)
         if not column_params:

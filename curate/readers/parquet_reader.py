@@ -93,11 +93,12 @@ def as_int(value: Any) -> int | None:
     return int(value) if math.isfinite(value) else None
 
 
-def read_parquet_table(path: str) -> pa.Table:
-    """Read a whole Parquet file through fsspec (local paths, ``file://``, ``s3://`` ...)."""
+def read_parquet_table(path: str, columns: list[str] | None = None) -> pa.Table:
+    """Read a Parquet file (``columns`` of it; None: all) through fsspec (local paths, ``file://``,
+    ``s3://`` ...)."""
     try:
         with fsspec.open(path, "rb") as f:
-            return pq.ParquetFile(f).read()  # one file: no dataset layer (read_table's)
+            return pq.ParquetFile(f).read(columns=columns)  # one file: no dataset layer (read_table's)
     except FileNotFoundError as exc:
         raise InputError(f"input.path: {path!r} does not exist") from exc
     except (pa.ArrowInvalid, OSError) as exc:

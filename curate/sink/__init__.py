@@ -48,9 +48,13 @@ def shard_name(shard_index: int) -> str:
     return f"{shard_index:08d}"
 
 
-def output_key(shard_index: int, row_in_shard: int) -> str:
-    """Globally unique within a run, no dots, sorted like the samples: shard then position."""
-    return f"{shard_index:08d}{row_in_shard:06d}"
+def output_keys(shard_index: int, table: pa.Table) -> pa.ChunkedArray:
+    """The ``output_key`` of each kept row of the shard's ``table`` (null for the others): its shard
+    in 8 digits, then its row in 6 (``00000003000001``); globally unique within a run, no dots,
+    sorted like the samples: shard then position."""
+    rows = pc.utf8_lpad(pc.cast(table["row_in_shard"], pa.string()), 6, "0")
+    keys = pc.binary_join_element_wise(pa.scalar(shard_name(shard_index)), rows, "")
+    return pc.if_else(pc.fill_null(table["keep"], False), keys, pa.scalar(None, pa.string()))
 
 
 def sidecar(table: pa.Table) -> pa.Table:
@@ -89,13 +93,8 @@ def write_final_shard(ctx: SinkContext, ref: ShardRef, table: pa.Table, stage_ve
         table = table.drop_columns([c for c in source_array_columns(ref) if c in table.column_names])
     if layout.writes_images:
         table = with_images(ref, table)
-    keep = table["keep"].to_pylist()
-    keys = [
-        output_key(ref.index, int(r)) if k else None
-        for r, k in zip(table["row_in_shard"].to_pylist(), keep, strict=True)
-    ]
-    table = table.append_column("output_key", pa.array(keys, pa.string()))
-    table = table.append_column("shard", pa.array([f"{name}.tar"] * table.num_rows, pa.string()))
+    table = table.append_column("output_key", output_keys(ref.index, table))
+    table = table.append_column("shard", pa.repeat(pa.scalar(f"{name}.tar", pa.string()), table.num_rows))
     kept = table.filter(pc.fill_null(table["keep"], False))
 
     with StagedFiles(run.storage) as files:
