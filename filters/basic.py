@@ -18,6 +18,7 @@ import logging
 from functools import cache
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,11 +26,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from curate.registry import register_step
 
 logger = logging.getLogger(__name__)
-
-# Python's own whitespace (str.isspace, what str.split uses), so that the Arrow kernel counts words
-# exactly as DataComp's ``len(text.split())`` does; RE2's \s is ASCII only.
-_PY_WHITESPACE = "".join(chr(c) for c in range(0x3001) if chr(c).isspace())  # U+3000 is the last
-_WORD = "[^" + "".join(f"\\x{{{ord(c):x}}}" for c in _PY_WHITESPACE) + "]+"
 
 
 class BasicFilterParams(BaseModel):
@@ -99,8 +95,18 @@ def caption_measures(captions: pa.Array) -> tuple[pa.Array, pa.Array]:
     """Words (``len(c.split())``) and characters (``len(c)``, as DataComp counts them: surrounding
     whitespace included) of each caption, a null caption counted as ''."""
     text = _text(captions)
-    words = pc.count_substring_regex(text, _WORD).cast(pa.int32())
-    return words, pc.utf8_length(text).cast(pa.int32())
+    return _word_counts(text), pc.utf8_length(text).cast(pa.int32())
+
+
+def _word_counts(text: pa.Array) -> pa.Array:
+    """``len(t.split())`` of each text: the non-empty pieces of Arrow's Unicode whitespace split,
+    whose whitespace is Python's, code point for code point (the tests check every one); a third of
+    the cost of counting the runs with a regex. The split leaves an empty piece where a text starts
+    or ends with whitespace, and one for an empty text."""
+    pieces = pc.utf8_split_whitespace(text)
+    nonempty = pc.greater(pc.utf8_length(pc.list_flatten(pieces)), 0).to_numpy(zero_copy_only=False)
+    rows = pc.list_parent_indices(pieces).to_numpy()
+    return pa.array(np.bincount(rows[nonempty], minlength=len(text)).astype(np.int32))
 
 
 def _side(batch: pa.Table, name: str, use_original: bool) -> pa.Array:

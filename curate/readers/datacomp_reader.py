@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import zipfile
 from dataclasses import dataclass
 from typing import Any
@@ -139,8 +140,8 @@ def embedding_array(arr: np.ndarray) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), width)
 
 
-def _checked_npz(npz_path: str, parquet_path: str, rows: int) -> list[NpzMember]:
-    members = index_npz(npz_path)
+def _check_alignment(npz_path: str, parquet_path: str, members: list[NpzMember] | None, rows: int) -> None:
+    """That the npz exists (``members`` not None) and every array has the parquet's ``rows``."""
     if members is None:
         raise InputError(f"input.path: DataComp shard {parquet_path!r} has no embeddings file {npz_path!r}")
     for m in members:
@@ -149,7 +150,6 @@ def _checked_npz(npz_path: str, parquet_path: str, rows: int) -> list[NpzMember]
                 f"input.path: {npz_path!r} array {m.name!r} has shape {m.shape} but {parquet_path!r} has "
                 f"{rows} rows; the two files of a DataComp shard must be row-aligned"
             )
-    return members
 
 
 def _npz_names(npz_path: str, members: list[NpzMember], taken: set[str]) -> list[tuple[str, NpzMember]]:
@@ -162,13 +162,6 @@ def _npz_names(npz_path: str, members: list[NpzMember], taken: set[str]) -> list
         names = {name for name, _ in named}
         named.append((m.name if m.name not in taken and m.name not in names else f"npz_{m.name}", m))
     return named
-
-
-def _npz_columns(
-    npz_path: str, members: list[NpzMember], taken: set[str], skip: set[str] = frozenset()
-) -> dict[str, pa.Array]:
-    named = _npz_names(npz_path, members, taken)
-    return {name: embedding_array(load_npz_array(npz_path, m)) for name, m in named if name not in skip}
 
 
 def _score_columns(schema: pa.Schema, caption_col: str | None) -> list[str]:
@@ -189,7 +182,14 @@ def _npz_path(ref: ShardRef) -> str:
 
 
 def _file_stamp(path: str) -> tuple:
-    """What tells a changed file apart: its size and modification time (or ETag)."""
+    """What tells a changed file apart: its size and modification time (or ETag). A local path is
+    asked of the OS directly (each stage and the sink ask, for two files a shard)."""
+    if "://" not in path or path.startswith("file://"):
+        try:
+            stat = os.stat(path.removeprefix("file://"))
+        except FileNotFoundError:
+            return (None,)
+        return (stat.st_size, stat.st_mtime_ns)
     fs, fs_path = fsspec.core.url_to_fs(path)
     try:
         info = fs.info(fs_path)
@@ -206,6 +206,10 @@ class ShardHeader:
     rows: int
     score_columns: tuple[str, ...]
     arrays: tuple[tuple[str, NpzMember], ...]  # every numeric array of the npz, by its column name
+    npz_members: tuple[NpzMember, ...] | None  # None: the shard has no npz
+
+    def check_alignment(self, ref: ShardRef) -> None:
+        _check_alignment(_npz_path(ref), ref.path, self.npz_members, self.rows)
 
     @property
     def embeddings(self) -> dict[str, NpzMember]:
@@ -230,9 +234,10 @@ def _header_of(path: str, npz_path: str, *_stamps: tuple) -> ShardHeader:
         metadata = pq.read_metadata(f)
     schema = metadata.schema.to_arrow_schema()
     scores = _score_columns(schema, _caption_column(schema.names))
-    members = index_npz(npz_path) or []
-    arrays = _npz_names(npz_path, members, {*SAMPLE_COLUMNS, *scores})
-    return ShardHeader(tuple(schema.names), metadata.num_rows, tuple(scores), tuple(arrays))
+    members = index_npz(npz_path)
+    arrays = _npz_names(npz_path, members or [], {*SAMPLE_COLUMNS, *scores})
+    npz = None if members is None else tuple(members)
+    return ShardHeader(tuple(schema.names), metadata.num_rows, tuple(scores), tuple(arrays), npz)
 
 
 # Columns of a shard without status or error_message columns that are the same on every row, or a
@@ -266,10 +271,8 @@ def _projected(ref: ShardRef, header: ShardHeader, names: list[str]) -> pa.Table
     known = {*_PLACE_COLUMNS, *_CONSTANT_COLUMNS, *header.score_columns, *arrays}
     if any(name not in known for name in names):
         return None
+    header.check_alignment(ref)  # a misaligned shard fails as the whole read does
     n = header.rows
-    for _, member in header.arrays:  # a misaligned shard fails as the whole read does
-        if not member.shape or member.shape[0] != n:
-            return None
     scores = [name for name in names if name in header.score_columns]
     table = read_parquet_table(ref.path, scores) if scores else None
     fields, columns = [], []
@@ -293,7 +296,8 @@ def read_datacomp_shard(ref: ShardRef, arrays: list[str] | None = None) -> pa.Ta
     table = read_parquet_table(ref.path)
     n = table.num_rows
     npz_path = _npz_path(ref)
-    members = _checked_npz(npz_path, ref.path, n)  # before any work: a misaligned shard fails fast
+    header = _header(ref)
+    _check_alignment(npz_path, ref.path, header.npz_members, n)  # before any work: a misaligned shard fails fast
     caption_col = _caption_column(table.column_names)
     score_cols = _score_columns(table.schema, caption_col)
     consumed = {caption_col, "uid", *TAKEN_COLUMNS, *score_cols}
@@ -303,11 +307,10 @@ def read_datacomp_shard(ref: ShardRef, arrays: list[str] | None = None) -> pa.Ta
         out = _row_samples(table, ref, caption_col, meta_cols)
     for name in score_cols:
         out = out.append_column(pa.field(name, pa.float32()), table.column(name).cast(pa.float32()))
-    taken = set(out.column_names)
-    embeddings = {name for name, m in _npz_names(npz_path, members, taken) if len(m.shape) == 2}
-    skip = set() if arrays is None else embeddings - set(arrays)
-    for name, array in _npz_columns(npz_path, members, taken, skip).items():
-        out = out.append_column(name, array)
+    skip = set() if arrays is None else set(header.embeddings) - set(arrays)
+    for name, member in header.arrays:  # named as for ``taken``: the sample and score columns
+        if name not in skip:
+            out = out.append_column(name, embedding_array(load_npz_array(npz_path, member)))
     logger.debug("%s: %d rows, extra columns %s", ref.path, n, out.column_names[len(SAMPLE_COLUMNS) :])
     return out
 
@@ -441,9 +444,7 @@ def _is_plain(values: pa.ChunkedArray | pa.Array) -> bool:
 
 def check_datacomp_shard(ref: ShardRef) -> None:
     """Row alignment of a shard's parquet and npz from their headers alone (no data is read)."""
-    with fsspec.open(ref.path, "rb") as f:
-        rows = pq.read_metadata(f).num_rows
-    _checked_npz(_npz_path(ref), ref.path, rows)
+    _header(ref).check_alignment(ref)
 
 
 @register_reader("datacomp", suffixes=(".parquet",), has_images=False)
