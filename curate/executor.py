@@ -153,7 +153,8 @@ def commit_shard(job: StageJob, work: ShardWork, table: pa.Table) -> dict | None
     in_source, order = [], None
     if _stores_lean(job, work.ref):
         source = source_columns(work.ref)
-        added = [c for c in output.column_names if c not in set(source)]
+        known = set(source)
+        added = [c for c in output.column_names if c not in known]
         stored = {*KEY_COLUMNS, *BOOKKEEPING_COLUMNS, *job.declared, *job.first_stores, *added}
         output = output.select([c for c in output.column_names if c in stored])
         columns = [*(c for c in source if c not in HEAVY_COLUMNS), *added]

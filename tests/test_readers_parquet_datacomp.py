@@ -444,3 +444,17 @@ def test_datacomp_headers_are_read_once_per_file(tmp_path: Path, monkeypatch) ->
     assert reader.array_columns(ref) == ["b32_img", "b32_txt", "l14_img", "l14_txt"]
     assert reader.column_names(ref) == whole.column_names
     assert calls == [str(tmp_path / "00000005.npz")]
+
+
+def test_datacomp_read_columns_of_a_missing_or_broken_shard_name_it(tmp_path: Path) -> None:
+    from curate.readers.datacomp_reader import DataCompReader
+
+    base = tmp_path / "00000006"
+    _datacomp_shard(base)
+    ref = ShardRef(6, str(base.with_suffix(".parquet")), "datacomp")
+    base.with_suffix(".parquet").write_bytes(b"not parquet")
+    with pytest.raises(InputError, match=r"00000006\.parquet.*not a readable Parquet"):
+        DataCompReader().read_columns(ref, ["row_in_shard"])
+    base.with_suffix(".parquet").unlink()
+    with pytest.raises(InputError, match=r"00000006\.parquet.* does not exist"):
+        DataCompReader().read_columns(ref, ["row_in_shard"])

@@ -230,8 +230,13 @@ def _header(ref: ShardRef) -> ShardHeader:
 
 @functools.lru_cache(maxsize=4096)
 def _header_of(path: str, npz_path: str, *_stamps: tuple) -> ShardHeader:
-    with fsspec.open(path, "rb") as f:
-        metadata = pq.read_metadata(f)
+    try:
+        with fsspec.open(path, "rb") as f:
+            metadata = pq.read_metadata(f)
+    except FileNotFoundError as exc:
+        raise InputError(f"input.path: {path!r} does not exist") from exc
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"input.path: {path!r} is not a readable Parquet file: {exc}") from exc
     schema = metadata.schema.to_arrow_schema()
     scores = _score_columns(schema, _caption_column(schema.names))
     members = index_npz(npz_path)
