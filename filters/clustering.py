@@ -33,6 +33,12 @@ from filters.embeddings import column_to_matrix, normalize_rows
 logger = logging.getLogger(__name__)
 
 
+def fit_sample_columns(column: str) -> tuple[str, ...]:
+    """The columns of ``staged`` that ``fit_sample`` reads besides the bookkeeping in ``where``: a
+    global step fitting on ``column`` declares them (its ``state_columns``)."""
+    return ("uid", column)
+
+
 def fit_sample(
     con: duckdb.DuckDBPyConnection, column: str, *, seed: int, limit: int, where: str = "TRUE"
 ) -> tuple[np.ndarray, int]:

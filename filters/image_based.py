@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from curate.registry import register_step
 from curate.stepkit import load_npy
 from filters.basic import detect_language
-from filters.clustering import CentroidIndex, fit_sample, spherical_kmeans
+from filters.clustering import CentroidIndex, fit_sample, fit_sample_columns, spherical_kmeans
 from filters.embeddings import column_to_matrix, load_reference_embeddings, normalize_rows
 
 logger = logging.getLogger(__name__)
@@ -91,6 +91,10 @@ class ImageBasedFilter:
 
         embedder = ClipEmbedder(ClipEmbedParams(model=p.clip_model, pretrained=p.clip_pretrained))
         return np.asarray(embedder.encode_texts(list(p.reference_prompts or [])), np.float32)
+
+    @staticmethod
+    def state_columns(params: ImageBasedParams) -> tuple[str, ...]:
+        return fit_sample_columns(params.embedding_column)
 
     def global_state(self, con: duckdb.DuckDBPyConnection, artifacts: Path) -> dict:
         p = self.params

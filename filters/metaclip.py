@@ -106,6 +106,12 @@ class MetaClipBalancer:
         values = np.fromiter((i for h in hits for i in h), np.int32, count=int(offsets[-1]))
         return batch.append_column(self.entries_column, pa.ListArray.from_arrays(offsets, values))
 
+    @staticmethod
+    def state_columns(params: MetaClipParams) -> tuple[str, ...]:
+        # It counts the entry ids its ``__call__`` added in the stage before (a column stage 0
+        # stores), not the text: the captions stay in the source.
+        return ()
+
     def global_state(self, con: duckdb.DuckDBPyConnection, artifacts: Path) -> dict:
         p = self.params
         # fetchall / full reads: DuckDB keeps a connection busy until a result is fully fetched.

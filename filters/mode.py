@@ -40,6 +40,7 @@ from filters.clustering import (
     CentroidIndex,
     balanced_kmeans,
     fit_sample,
+    fit_sample_columns,
     priced_choice,
     size_spread,
     spherical_kmeans,
@@ -106,6 +107,10 @@ class MoDEClusterer:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return batch  # assigns in decide(), once the centres exist
+
+    @staticmethod
+    def state_columns(params: ModeParams) -> tuple[str, ...]:
+        return fit_sample_columns(params.embedding_column)
 
     def global_state(self, con: duckdb.DuckDBPyConnection, artifacts: Path) -> dict:
         p = self.params

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curate.registry import register_step
 from curate.stepkit import quote_identifier
-from filters.clustering import CentroidIndex, fit_sample, size_spread, spherical_kmeans
+from filters.clustering import CentroidIndex, fit_sample, fit_sample_columns, size_spread, spherical_kmeans
 from filters.embeddings import column_to_matrix, normalize_rows
 
 logger = logging.getLogger(__name__)
@@ -156,6 +156,11 @@ class SemDeDup:
         if p.keep == "closest":
             return "centroid_sim DESC"
         return "score DESC NULLS LAST" if p.keep == "highest_score" else "score ASC NULLS LAST"
+
+    @staticmethod
+    def state_columns(params: SemDeDupParams) -> tuple[str, ...]:
+        # the fit, then every kept row's uid, embedding and (to rank a group) score
+        return (*fit_sample_columns(params.embedding_column), *([params.score_column] if params.score_column else []))
 
     def global_state(self, con: duckdb.DuckDBPyConnection, artifacts: Path) -> dict:
         p = self.params

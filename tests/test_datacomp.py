@@ -179,9 +179,10 @@ def _npz_rows(sidecar: pa.Table, column: str) -> np.ndarray:
 
 def test_embeddings_stay_in_the_source_unless_a_global_step_names_them(datacomp_run, metadata):
     """Stage 0 does not store b32_img, which no global step names: its marker lists it ``in_source``
-    and loading the shard reads it again from the npz. It does store l14_img, which image_based
-    names, because the barrier's SQL reads it. The sidecars (``source_arrays: copy``) hold both,
-    row for row as the npz has them."""
+    (with the urls, which no step reads) and loading the shard reads it again from the npz. It does
+    store l14_img and uid, which image_based's fit reads (its ``state_columns``), and the score
+    clip_fraction reads. The sidecars (``source_arrays: copy``) hold both arrays, row for row as
+    the npz has them."""
     result, _ = datacomp_run
     root = result.run_dir.root
     stage0 = next((root / "_cache").glob("stage0-*"))
@@ -189,8 +190,9 @@ def test_embeddings_stay_in_the_source_unless_a_global_step_names_them(datacomp_
     for index, source in enumerate(sources):
         marker = json.loads((stage0 / "_done" / f"{index:08d}.json").read_text())
         stored = pq.read_schema(stage0 / f"{index:08d}.parquet").names
-        assert marker["in_source"] == ["b32_img"] and "b32_img" in marker["order"]
-        assert "b32_img" not in stored and "l14_img" in stored and marker["columns"] == stored
+        assert {"b32_img", "url"} <= set(marker["in_source"]) and "b32_img" in marker["order"]
+        assert {"uid", "l14_img", "clip_l14_similarity_score"} <= set(stored) and marker["columns"] == stored
+        assert not {"b32_img", "url"} & set(stored)
         sidecar = pq.read_table(root / "shards" / f"{index:08d}.parquet")
         npz = np.load(source.with_suffix(".npz"))
         rows = sidecar["row_in_shard"].to_numpy()
@@ -243,6 +245,59 @@ def test_a_recipe_starting_with_a_global_step_stores_only_what_its_barrier_reads
         else:
             assert set(names) == kept and "uid" in marker["in_source"] and "l14_img" in marker["in_source"]
             assert set(marker["order"]) == set(names) | set(marker["in_source"])
+    assert (lean / "subset.npy").read_bytes() == (whole / "subset.npy").read_bytes()
+    for path in sorted((whole / "shards").glob("*")):
+        assert (lean / "shards" / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+@pytest.mark.parametrize("step", ["semdedup", "image_based", "mode", "metaclip"])
+def test_clustering_and_balancing_steps_store_only_what_their_barrier_reads(ray_session, metadata, tmp_path, step):
+    """Each global step declares the columns its ``global_state`` reads (``state_columns``), so on
+    DataComp metadata stage 0 stores those and leaves the captions in the source. Every output file
+    equals that of a run storing every column, and the barrier's state is the same."""
+    from curate.plan import Plan
+
+    params = {
+        "semdedup": {
+            "embedding_column": "l14_img",
+            "num_clusters": 4,
+            "eps": 0.3,
+            "keep": "highest_score",
+            "score_column": "clip_l14_similarity_score",
+        },
+        "image_based": {
+            "embedding_column": "l14_img",
+            "num_clusters": 6,
+            "reference_embeddings": str(metadata / "refs.npy"),
+            "caption_filter": False,
+        },
+        "mode": {"embedding_column": "l14_img", "fine_clusters": 8, "coarse_clusters": 2},
+        "metaclip": {"entries": str(metadata / "entries.json"), "t": 40},
+    }[step]
+    (metadata / "entries.json").write_text(json.dumps(["photo", "dog", "cat", "red", "house", "the"]))
+
+    def run(out: Path) -> Path:
+        recipe = validate_recipe(
+            {
+                "name": f"lean_{step}",
+                "input": {"path": f"{metadata}/*.parquet", "format": "datacomp"},
+                "output": {"path": str(out), "layout": "metadata", "source_arrays": "leave"},
+                "steps": [{"name": step, "params": params}],
+            }
+        )
+        return run_recipe(recipe).run_dir.root
+
+    lean = run(tmp_path / "lean")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Plan, "first_stage_stores", property(lambda self: None))
+        whole = run(tmp_path / "whole")
+    names = set(pq.read_schema(next((lean / "_cache").glob("stage0-*")) / "00000000.parquet").names)
+    assert "caption" not in names and "url" not in names
+    assert "caption" in pq.read_schema(next((whole / "_cache").glob("stage0-*")) / "00000000.parquet").names
+    state = {r: json.loads((r / "global_state.json").read_text())[step] for r in (lean, whole)}
+    assert {k: v for k, v in state[lean].items() if not isinstance(v, str)} == {
+        k: v for k, v in state[whole].items() if not isinstance(v, str)
+    }
     assert (lean / "subset.npy").read_bytes() == (whole / "subset.npy").read_bytes()
     for path in sorted((whole / "shards").glob("*")):
         assert (lean / "shards" / path.name).read_bytes() == path.read_bytes(), path.name
