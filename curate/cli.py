@@ -296,7 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list-steps", help="list registered steps and their parameters")
     p.set_defaults(func=_cmd_list_steps)
 
-    p = sub.add_parser("query", help="run SQL on a run's catalog (views: samples, decisions, kept, shards, steps)")
+    p = sub.add_parser(
+        "query", help="run SQL on a run's catalog (views: samples, sidecars, decisions, kept, shards, steps)"
+    )
     p.add_argument("run")
     p.add_argument("sql")
     p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")

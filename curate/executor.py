@@ -48,7 +48,7 @@ from curate.readers.base import (
 )
 from curate.shard_tasks import ShardTasks
 from curate.shard_work import ShardWork
-from curate.sink import SinkContext, write_final_shard
+from curate.sink import SinkContext, left_in_source, write_final_shard
 from curate.stage_store import (
     BOOKKEEPING_COLUMNS,
     KEY_COLUMNS,
@@ -86,6 +86,9 @@ class StageJob:
     # Whether the stage's input carries every array its source keeps (``source_array_columns``), not
     # only the named ones: in the last stage, when the sink copies them into the output.
     source_arrays: bool
+    # Whether every operation of the stage only applies a global decision (or there are none): it
+    # reads no column but those stage 0 stored, so the last stage goes without what the sink leaves.
+    decides_only: bool
     sink: SinkContext | None  # set in the last stage: finished shards go straight to the sink
     crash: CrashPlan
 
@@ -102,6 +105,17 @@ def _only_rows(table: pa.Table, rows: list[int] | None) -> pa.Table:
     return table.filter(pc.is_in(table["row_in_shard"], pa.array(rows, table.schema.field("row_in_shard").type)))
 
 
+def _not_read_again(job: StageJob, ref: ShardRef) -> set[str]:
+    """The columns stage 0 left in the source that this stage's input goes without. Before the last
+    stage: the arrays (a step reads one only by naming it, and stage 0 stores the named ones). In
+    the last: what the sink leaves in the source too, but only its arrays if a step of the stage
+    may read the table's other columns."""
+    if job.sink is None:
+        return set(source_array_columns(ref))
+    left = left_in_source(job.sink, ref)
+    return set(left) if job.decides_only else {c for c, sql in left.items() if sql is None}
+
+
 def load_stage_input(job: StageJob, ref: ShardRef, rows: list[int] | None = None) -> pa.Table:
     """A shard (or ``rows`` of it) as the stage's first operation sees it."""
     if job.stage_index == 0:
@@ -110,7 +124,7 @@ def load_stage_input(job: StageJob, ref: ShardRef, rows: list[int] | None = None
         wanted = {*job.named_columns, *job.declared}
         named = None if job.source_arrays else [c for c in source_array_columns(ref) if c in wanted]
         return _only_rows(read_shard(ref, named), rows)
-    table = _only_rows(load_shard(list(job.earlier), ref, job.source_arrays), rows)
+    table = _only_rows(load_shard(list(job.earlier), ref, _not_read_again(job, ref)), rows)
     if not job.needs_pixels:
         return table
     wanted = pc.indices_nonzero(seen_mask(table, job.pixel_rows).combine_chunks())
@@ -176,7 +190,7 @@ def _kept_of_previous(job: StageJob, work: ShardWork) -> pa.Table | None:
     """The rows of the shard's previous stage output that this work keeps (all but ``work.redo``)."""
     if work.redo is None:
         return None
-    previous = load_shard([*job.earlier, job.store], work.ref, job.source_arrays)
+    previous = load_shard([*job.earlier, job.store], work.ref, _not_read_again(job, work.ref))
     redo = pa.array(work.redo, previous.schema.field("row_in_shard").type)
     return previous.filter(pc.invert(pc.is_in(previous["row_in_shard"], redo)))
 
@@ -236,8 +250,7 @@ def _apply(runner: StepRunner, table: pa.Table, batch_size: int | None) -> pa.Ta
 
 def sink_cached_shard(stores: list[StageStore], sink: SinkContext, ref: ShardRef, version: str) -> dict:
     """The final shard from cached stage outputs (the last stage was already computed)."""
-    arrays = sink.output.source_arrays == "copy"
-    return write_final_shard(sink, ref, load_shard(stores, ref, arrays), version)
+    return write_final_shard(sink, ref, load_shard(stores, ref, set(left_in_source(sink, ref))), version)
 
 
 def runner_kwargs(op, states: dict) -> dict:

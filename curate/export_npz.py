@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.catalog import shard_samples
+
 logger = logging.getLogger(__name__)
 
 _METADATA = {
@@ -41,7 +43,7 @@ def export_npz(
     out.mkdir(parents=True, exist_ok=True)
     rename = rename or {}
     for path in shards:
-        table = pq.read_table(path)
+        table = shard_samples(run_dir, int(path.stem))  # with any columns the run left in its source
         if where_keep:
             table = table.filter(pa.compute.field("keep"))
         vectors = [f.name for f in table.schema if pa.types.is_fixed_size_list(f.type)]

@@ -122,6 +122,12 @@ class Plan:
         return [s.barrier for s in self.stages if s.barrier is not None]
 
     @property
+    def changed_columns(self) -> tuple[str, ...]:
+        """The existing columns some step of the plan may change (``StepEntry.modifies``): the output
+        never leaves those in the source (``output.source_columns``)."""
+        return tuple(sorted({c for stage in self.stages for op in stage.operations for c in op.entry.modifies}))
+
+    @property
     def columns_named_by_steps(self) -> tuple[str, ...]:
         """The columns steps read by name (their ``*_column`` params, defaults included). A step reads
         an array of the source (DataComp's ``l14_img``) only by naming it: stage 0 reads and stores

@@ -49,7 +49,7 @@ def print_summary(console: Console, result) -> None:
         f"{stats['rows']} samples in, {stats['written']} written to {stats['shards']} shards "
         f"in {result.seconds:.1f}s{resumed}\n"
         f"  shards:  {run.storage.url('shards')}/{{{0:08d}..{last:08d}}}.tar  (sizes.json beside them)\n"
-        f"  catalog: {run.storage.url('catalog.duckdb')}  (views: samples, decisions, kept, shards, steps)\n"
+        f"  catalog: {run.storage.url('catalog.duckdb')}  (views: samples, sidecars, decisions, kept, shards, steps)\n"
         f"  stats:   {run.storage.url('stats.json')}",
         highlight=False,
         soft_wrap=True,

@@ -187,7 +187,7 @@ def _final_is_current(run: RunDir, ref: ShardRef, version: str) -> bool:
 
 
 def _run_stages(plan: Plan, run: RunDir, shards: list[ShardRef], crash: CrashPlan, tasks: ShardTasks) -> list[dict]:
-    sink = SinkContext(run.url, plan.recipe.output, plan.step_rows, crash)
+    sink = SinkContext(run.url, plan.recipe.output, plan.step_rows, crash, plan.changed_columns)
     stores: list[StageStore] = []
     states: dict[str, dict] = {}
     # Per shard, the versions its next stage is computed from: earlier stage outputs, barrier states.
@@ -227,6 +227,7 @@ def _run_stages(plan: Plan, run: RunDir, shards: list[ShardRef], crash: CrashPla
                 named_columns=plan.columns_named_by_steps,
                 first_stores=plan.first_stage_stores if stage.index == 0 else None,
                 source_arrays=stage.is_last and plan.recipe.output.source_arrays == "copy",
+                decides_only=all(op.action == "decide" for op in stage.operations),
                 sink=sink if stage.is_last else None,
                 crash=crash,
             )
@@ -292,6 +293,8 @@ def _write_summary(plan: Plan, run: RunDir, stages: list[dict], tasks: Callable[
             "rows": m["rows"],
             "written": m["written"],
             "status": json.dumps(m["status"]),
+            # columns the catalog's samples view reads from the source: name -> SQL (``curate.catalog``)
+            "left_in_source": json.dumps(m.get("left_in_source") or {}),
         }
         for m in markers
     ]
@@ -314,7 +317,7 @@ def _write_summary(plan: Plan, run: RunDir, stages: list[dict], tasks: Callable[
     build_catalog(run.url)
     # The kept uids as a DataComp subset file, for DataComp's resharder or `curate run reshard`.
     with StagedFiles(run.storage) as files:
-        uids = export_run_subset(run.url, files.path("subset.npy"))
+        uids = export_run_subset(run.url, files.path("subset.npy"), view="sidecars")
         files.commit()
     stats["subset"] = {"path": "subset.npy", "uids": uids}
     run.storage.write_json("stats.json", stats)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Collection
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -239,15 +240,12 @@ def overlay(base: pa.Table, layer: pa.Table) -> pa.Table:
     return base
 
 
-def load_shard(stores: list[StageStore], ref: ShardRef, source_arrays: bool = True) -> pa.Table:
-    """A shard's table as of the end of the last of ``stores`` (stage 0 first); without the
-    arrays stage 0 left in the source unless ``source_arrays``."""
+def load_shard(stores: list[StageStore], ref: ShardRef, skip: Collection[str] = ()) -> pa.Table:
+    """A shard's table as of the end of the last of ``stores`` (stage 0 first), with the columns
+    stage 0 left in the source read again from it, but those in ``skip``."""
     table = stores[0].read(ref.index)
     marker = stores[0].read_marker(ref.index) or {}
-    left = marker.get("in_source") or []
-    if left and not source_arrays:
-        arrays = set(source_array_columns(ref))
-        left = [c for c in left if c not in arrays]
+    left = [c for c in marker.get("in_source") or [] if c not in skip]
     if left:
         again = read_source_columns(ref, left)
         if again.num_rows != table.num_rows:

@@ -101,9 +101,21 @@ def uids_to_pairs(uids: Iterable[str]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty(0, dtype=SUBSET_DTYPE)
 
 
+def sort_entries(arr: np.ndarray) -> np.ndarray:
+    """Entries in ``np.sort`` order (f0, then f1), a quarter of its time: numpy sorts a structured
+    array by comparing records one call at a time, and an integer column by a vectorised sort. Two
+    uids of one high word (besides duplicates) are about as likely as a 64-bit collision, so the
+    high words order all but such pairs; if there are any, both words are sorted together."""
+    out = arr[np.argsort(arr["f0"])]
+    f0, f1 = out["f0"], out["f1"]
+    if ((f0[1:] == f0[:-1]) & (f1[1:] < f1[:-1])).any():
+        out = arr[np.lexsort((arr["f1"], arr["f0"]))]
+    return out
+
+
 def uids_to_subset(uids: Iterable[str]) -> np.ndarray:
     """A DataComp subset array of the uids: sorted, duplicates kept."""
-    return np.sort(uids_to_pairs(uids))
+    return sort_entries(uids_to_pairs(uids))
 
 
 def subset_to_uids(arr: np.ndarray) -> list[str]:
@@ -139,7 +151,7 @@ def write_subset(path: str | os.PathLike, uids: Iterable[str] | np.ndarray) -> i
     Written to a temporary name and renamed, so a reader never sees half a file.
     """
     entries = isinstance(uids, np.ndarray) and uids.dtype.names is not None
-    arr = np.sort(_checked(uids, "uids")) if entries else uids_to_subset(uids)
+    arr = sort_entries(_checked(uids, "uids")) if entries else uids_to_subset(uids)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a name
@@ -199,12 +211,15 @@ class SubsetIndex:
         return counts
 
 
-def export_run_subset(run_dir: str | os.PathLike, path: str | os.PathLike, where: str = "keep") -> int:
+def export_run_subset(
+    run_dir: str | os.PathLike, path: str | os.PathLike, where: str = "keep", view: str = "samples"
+) -> int:
     """Write the uids of the run's ``samples`` rows where the SQL condition ``where`` holds as a
-    DataComp subset file; returns the number of entries."""
+    DataComp subset file; returns the number of entries. ``view="sidecars"`` asks the sidecars
+    alone, without the columns a run left in its source: enough for ``keep`` (the run's own subset)."""
     con = connect(run_dir)
     try:
-        query = con.sql(f"SELECT uid FROM samples WHERE uid IS NOT NULL AND ({where})")
+        query = con.sql(f"SELECT uid FROM {view} WHERE uid IS NOT NULL AND ({where})")
         # In batches, each made entries at once: the driver holds 16 bytes a uid, not its text.
         parts = [uids_to_pairs(batch.column(0)) for batch in query.to_arrow_reader(_EXPORT_BATCH_ROWS)]
     except duckdb.Error as exc:
@@ -217,7 +232,7 @@ def export_run_subset(run_dir: str | os.PathLike, path: str | os.PathLike, where
 
 
 def subset_report(run_dir: str | os.PathLike, subset_path: str | os.PathLike) -> dict[str, Any]:
-    """How a subset file relates to a run's pool (its ``samples`` view).
+    """How a subset file relates to a run's pool (every row of its sidecars).
 
     ``entries``: entries in the file; ``distinct_uids``; ``duplicates``: entries beyond the first
     of each uid; ``matched_uids``: distinct subset uids present in the pool; ``matched_rows``:
@@ -230,7 +245,7 @@ def subset_report(run_dir: str | os.PathLike, subset_path: str | os.PathLike) ->
         con.register("subset_uids", pa.table({"uid": pa.array(uids, pa.string())}))
         sql = """
             WITH s AS (SELECT uid, count(*) AS n FROM subset_uids GROUP BY uid),
-                 pool AS (SELECT uid, count(*) AS rows FROM samples GROUP BY uid)
+                 pool AS (SELECT uid, count(*) AS rows FROM sidecars GROUP BY uid)
             SELECT
                 (SELECT count(*) FROM subset_uids),
                 (SELECT count(*) FROM s),

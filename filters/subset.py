@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curate.registry import register_step
-from curate.subset import SubsetIndex, is_sorted, read_subset, uids_to_pairs
+from curate.subset import SubsetIndex, is_sorted, read_subset, sort_entries, uids_to_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class SubsetFilter:
         if not is_sorted(subset):
             # DataComp's tools always sort; a hand-made file may not be. Sorting needs it in memory.
             logger.warning("subset file %s is not sorted; sorting a copy in memory", params.path)
-            subset = np.sort(np.asarray(subset))
+            subset = sort_entries(np.asarray(subset))
         if len(subset) == 0:
             logger.warning("subset file %s is empty: every sample will be dropped", params.path)
         self.index = SubsetIndex(subset)

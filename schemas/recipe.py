@@ -77,6 +77,27 @@ class OutputSpec(StrictModel):
     # KB a row). leave: those stay in the source, row-aligned with each sidecar by row_in_shard
     # (``source`` names the file); nothing else changes.
     source_arrays: Literal["copy", "leave"] = "copy"
+    # copy: the sidecars hold every column of the source as read. leave: those the source's own file
+    # gives back unchanged (DataComp's text, url, sizes, scores and face_bboxes as ``meta``) stay in
+    # it; the catalog's ``samples`` view joins them back by ``source`` and ``row_in_shard``, and the
+    # sidecars hold the uid, the bookkeeping, the decisions and what steps add or change. A reader
+    # that cannot say how its columns read back (``sql_columns``) copies them. Metadata layout only.
+    source_columns: Literal["copy", "leave"] = "copy"
+
+    @model_validator(mode="after")
+    def _leave_needs_metadata(self) -> OutputSpec:
+        # Tars and split sets are written from the sidecar's rows: they need every column.
+        if self.source_columns == "leave" and self.layout != "metadata":
+            raise ValueError(
+                f"output.source_columns: value 'leave' writes sidecars without the source's columns, which "
+                f"layout {self.layout!r} writes into its files; allowed with layout 'metadata' only, else 'copy'"
+            )
+        if self.source_columns == "leave" and self.split is not None:
+            raise ValueError(
+                "output.source_columns: value 'leave' writes sidecars without the source's columns, which "
+                "output.split writes into its shard sets; use 'copy' with output.split"
+            )
+        return self
 
     @field_validator("layout")
     @classmethod

@@ -349,6 +349,107 @@ def test_a_killed_basic_run_stores_only_what_it_adds_and_resumes_to_the_same_fil
         assert (out / "shards" / path.name).read_bytes() == path.read_bytes(), path.name
 
 
+def _mixed_pool(metadata: Path, out: Path) -> Path:
+    """The pool with shard 0 given a second ``meta`` column (a list of floats with NaN, nulls and
+    empty lists), and shard 2's sizes stored as floats, which only the per-row path converts: that
+    shard cannot say how its columns read back, so it keeps them in its sidecar."""
+    out.mkdir()
+    for path in sorted(metadata.glob("*.parquet")):
+        (out / path.with_suffix(".npz").name).write_bytes(path.with_suffix(".npz").read_bytes())
+        table = pq.read_table(path)
+        if path.name == "00000000.parquet":
+            extra = [[float("nan"), 1.5] if i % 3 == 0 else (None if i % 3 == 1 else []) for i in range(table.num_rows)]
+            table = table.append_column("extra_boxes", pa.array(extra, pa.list_(pa.float64())))
+        if path.name == "00000002.parquet":
+            index = table.schema.get_field_index("original_width")
+            table = table.set_column(index, "original_width", table["original_width"].cast(pa.float64()))
+        pq.write_table(table, out / path.name)
+    return out
+
+
+def _samples(root: Path) -> pa.Table:
+    from curate.catalog import connect
+
+    con = connect(root)
+    try:
+        return con.sql("SELECT * FROM samples ORDER BY shard_index, row_in_shard").to_arrow_table()
+    finally:
+        con.close()
+
+
+def _same_rows(left: pa.Table, copied: pa.Table) -> None:
+    assert sorted(left.column_names) == sorted(copied.column_names)
+    for name in copied.column_names:
+        if name == "meta":  # the same JSON objects; DuckDB writes them without Python's spaces
+            parse = [json.loads(v) if v is not None else None for v in left[name].to_pylist()]
+            assert parse == [json.loads(v) if v is not None else None for v in copied[name].to_pylist()]
+        else:
+            assert left[name].type == copied[name].type, name
+            assert left[name].to_pylist() == copied[name].to_pylist(), name
+
+
+def test_source_columns_leave_gives_the_samples_of_a_run_that_copies_them(ray_session, metadata, tmp_path):
+    """``datacomp_basic`` (``output.source_columns: leave``) writes sidecars of the uid and the
+    decisions only; the catalog's ``samples`` view joins the text, url, sizes, scores and ``meta``
+    back from the source, row for row equal to a run that copies them. A shard whose columns need
+    the per-row conversions (shard 2) keeps them in its sidecar, and the view unites both kinds.
+    The subset, the counters, ``export-npz`` and ``inspect`` are those of the copying run."""
+    from curate.export_npz import export_npz
+    from curate.inspect_sample import inspect_sample
+
+    assert load_recipe_data("datacomp_basic")["output"]["source_columns"] == "leave"
+    pool = _mixed_pool(metadata, tmp_path / "pool")
+    runs = {}
+    for mode in ("leave", "copy"):
+        recipe = load_recipe(
+            "datacomp_basic",
+            [f"output.source_columns={mode}"],
+            input_path=f"{pool}/*.parquet",
+            output_path=str(tmp_path / mode),
+        )
+        runs[mode] = run_recipe(recipe).run_dir.root
+    leave, copy = runs["leave"], runs["copy"]
+    slim = set(pq.read_schema(leave / "shards" / "00000000.parquet").names)
+    assert {"uid", "keep", "decisions", "source", "row_in_shard"} <= slim
+    assert not slim & {"caption", "url", "meta", "clip_l14_similarity_score", "original_width"}
+    assert {"caption", "meta"} <= set(pq.read_schema(leave / "shards" / "00000002.parquet").names)
+    left = json.loads(pq.read_table(leave / "shards.parquet")["left_in_source"][0].as_py())
+    assert {"caption", "url", "meta", "clip_l14_similarity_score"} <= set(left)
+    assert json.loads(pq.read_table(leave / "shards.parquet")["left_in_source"][2].as_py()) == {}
+
+    samples = _samples(leave)
+    _same_rows(samples, _samples(copy))
+    metas = [json.loads(v) for v in samples.filter(pa.compute.equal(samples["shard_index"], 0))["meta"].to_pylist()]
+    assert {"face_bboxes": metas[0]["face_bboxes"], "extra_boxes": [None, 1.5]} == metas[0]  # NaN: null, as json_safe
+    assert "extra_boxes" not in metas[1] and metas[2]["extra_boxes"] == []
+    assert (leave / "subset.npy").read_bytes() == (copy / "subset.npy").read_bytes()
+    assert (
+        json.loads((leave / "stats.json").read_text())["steps"]
+        == json.loads((copy / "stats.json").read_text())["steps"]
+    )
+
+    for mode, root in runs.items():
+        export_npz(root, tmp_path / f"npz_{mode}")
+    for path in sorted((tmp_path / "npz_copy").glob("*.parquet")):  # the same columns (in another order)
+        exported, reference = pq.read_table(tmp_path / "npz_leave" / path.name), pq.read_table(path)
+        assert exported.select(sorted(exported.column_names)).equals(reference.select(sorted(reference.column_names)))
+    uid = samples["uid"][5].as_py()
+    report = inspect_sample(leave, uid)
+    assert (
+        report.fields["caption"] == samples["caption"][5].as_py() and report.fields["url"] == samples["url"][5].as_py()
+    )
+
+
+def test_source_columns_leave_needs_the_metadata_layout():
+    from curate.config import RecipeError
+
+    with pytest.raises(RecipeError, match=r"output.source_columns: value 'leave'.*layout 'samples'"):
+        validate_recipe({"output": {"source_columns": "leave"}, "steps": [{"name": "basic"}]})
+    split = {"layout": "metadata", "source_columns": "leave", "split": {"column": "mode_expert"}}
+    with pytest.raises(RecipeError, match=r"output.source_columns: value 'leave'.*output.split"):
+        validate_recipe({"input": {"format": "datacomp"}, "output": split, "steps": [{"name": "basic"}]})
+
+
 def test_bad_datacomp_inputs_fail_before_work(metadata, tmp_path):
     from curate.config import RecipeError
 

@@ -166,7 +166,8 @@ def test_subset_step_file_errors(tmp_path):
 
 @pytest.fixture
 def fake_run(tmp_path):
-    """A run folder with just what export and report read: catalog.duckdb with a samples view."""
+    """A run folder with just what export and report read: catalog.duckdb with the samples and
+    sidecars views (one and the same here: the run left no column in its source)."""
     run = tmp_path / "run"
     (run / "shards").mkdir(parents=True)
     uids = _uids(40, seed=5)
@@ -174,7 +175,8 @@ def fake_run(tmp_path):
     pq.write_table(pa.table({"uid": uids[:20], "keep": keep[:20]}), run / "shards" / "00000000.parquet")
     pq.write_table(pa.table({"uid": uids[20:], "keep": keep[20:]}), run / "shards" / "00000001.parquet")
     con = duckdb.connect(str(run / "catalog.duckdb"))
-    con.execute(f"CREATE VIEW samples AS SELECT * FROM read_parquet('{run}/shards/*.parquet')")
+    con.execute(f"CREATE VIEW sidecars AS SELECT * FROM read_parquet('{run}/shards/*.parquet')")
+    con.execute("CREATE VIEW samples AS SELECT * FROM sidecars")
     con.close()
     return run, uids, keep
 

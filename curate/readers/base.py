@@ -143,12 +143,23 @@ def source_array_columns(ref: ShardRef) -> list[str]:
 
 def read_source_columns(ref: ShardRef, names: list[str]) -> pa.Table:
     """Columns of ``read_shard(ref)``, exactly as it makes them, in ``names`` order: arrays of
-    ``source_array_columns`` alone by the reader's ``read_arrays``; any others by reading the shard
-    (with only the arrays asked for)."""
+    ``source_array_columns`` alone by the reader's ``read_arrays``; any others by the reader's
+    ``read_columns`` if it projects, else by reading the shard (with only the arrays asked for)."""
     arrays = set(source_array_columns(ref))
     if all(name in arrays for name in names):
         return _reader(ref).read_arrays(ref, names)
+    if projects_columns(ref):  # the columns alone where the reader can (DataComp's uid and scores)
+        return read_columns(ref, names).select(names)
     return read_shard(ref, [name for name in names if name in arrays]).select(names)
+
+
+def source_sql_columns(ref: ShardRef) -> dict[str, str]:
+    """Columns of ``read_shard(ref)`` that DuckDB reads back from the source file alone, exactly as
+    the reader makes them: name -> a SQL expression over the columns of ``read_parquet(ref.path)``
+    (the reader's ``sql_columns``). Empty for a reader or shard that cannot say (a tar, a shard
+    whose rows need conversions one by one)."""
+    reader = _reader(ref)
+    return dict(reader.sql_columns(ref)) if hasattr(reader, "sql_columns") else {}
 
 
 def projects_columns(ref: ShardRef) -> bool:

@@ -45,6 +45,7 @@ from curate.readers.parquet_reader import (
     meta_json,
     read_parquet_table,
 )
+from curate.readers.source_sql import cast_sql, meta_json_sql, null_sql
 from curate.registry import register_reader
 from schemas.tables import DECISION_TYPE, SAMPLE_COLUMNS, SAMPLE_SCHEMA, STATUS_SUCCESS, rows_to_sample_table
 
@@ -203,6 +204,7 @@ class ShardHeader:
     """What ``read_datacomp_shard`` makes of a shard, known from its headers alone."""
 
     parquet_names: tuple[str, ...]
+    parquet_schema: pa.Schema
     rows: int
     score_columns: tuple[str, ...]
     arrays: tuple[tuple[str, NpzMember], ...]  # every numeric array of the npz, by its column name
@@ -242,7 +244,7 @@ def _header_of(path: str, npz_path: str, *_stamps: tuple) -> ShardHeader:
     members = index_npz(npz_path)
     arrays = _npz_names(npz_path, members or [], {*SAMPLE_COLUMNS, *scores})
     npz = None if members is None else tuple(members)
-    return ShardHeader(tuple(schema.names), metadata.num_rows, tuple(scores), tuple(arrays), npz)
+    return ShardHeader(tuple(schema.names), schema, metadata.num_rows, tuple(scores), tuple(arrays), npz)
 
 
 # Columns of a shard without status or error_message columns that are the same on every row, or a
@@ -268,23 +270,32 @@ def _constant_column(name: str, ref: ShardRef, n: int) -> pa.Array:
 
 
 def _projected(ref: ShardRef, header: ShardHeader, names: list[str]) -> pa.Table | None:
-    """``names`` of the shard read from the parquet's score columns and the npz alone, or None if
-    one of them needs the whole read (text, or a shard whose status comes from its own columns)."""
+    """``names`` of the shard read from the parquet's uid and score columns and the npz alone, or None
+    if one of them needs the whole read (text, uids to make canonical, or a shard whose status comes
+    from its own columns)."""
     if {"status", "error_message"} & set(header.parquet_names):
         return None
     arrays = dict(header.arrays)
     known = {*_PLACE_COLUMNS, *_CONSTANT_COLUMNS, *header.score_columns, *arrays}
+    schema = header.parquet_schema
+    if _has_columnar_schema(schema, _caption_column(schema.names)):
+        known.add("uid")  # read as it is, if every uid is canonical
     if any(name not in known for name in names):
         return None
     header.check_alignment(ref)  # a misaligned shard fails as the whole read does
     n = header.rows
-    scores = [name for name in names if name in header.score_columns]
-    table = read_parquet_table(ref.path, scores) if scores else None
+    read = [name for name in names if name in header.score_columns or name == "uid"]
+    table = read_parquet_table(ref.path, read) if read else None
+    if "uid" in read and not _canonical_uids(table["uid"]):
+        return None
     fields, columns = [], []
     for name in header.column_names:
         if name not in names:
             continue
-        if name in header.score_columns:
+        if name == "uid":
+            fields.append(SAMPLE_SCHEMA.field(name))
+            columns.append(table[name].cast(pa.string()))
+        elif name in header.score_columns:
             fields.append(pa.field(name, pa.float32()))
             columns.append(table[name].cast(pa.float32()))
         elif name in arrays:
@@ -305,8 +316,7 @@ def read_datacomp_shard(ref: ShardRef, arrays: list[str] | None = None) -> pa.Ta
     _check_alignment(npz_path, ref.path, header.npz_members, n)  # before any work: a misaligned shard fails fast
     caption_col = _caption_column(table.column_names)
     score_cols = _score_columns(table.schema, caption_col)
-    consumed = {caption_col, "uid", *TAKEN_COLUMNS, *score_cols}
-    meta_cols = [f.name for f in table.schema if f.name not in consumed and not is_binary_type(f.type)]
+    meta_cols = _meta_columns(table.schema, caption_col, score_cols)
     out = _columnar_samples(table, ref, caption_col, meta_cols)
     if out is None:
         out = _row_samples(table, ref, caption_col, meta_cols)
@@ -351,6 +361,35 @@ def _is_text(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
+def _has_columnar_schema(schema: pa.Schema, caption_col: str | None) -> bool:
+    """Whether a shard's columns have DataComp's own types, which ``_columnar_samples`` converts by
+    casts alone (if its uids are canonical too): uid and the other text as strings, sizes as
+    integers, a key as text or an integer, no status column."""
+    names = schema.names
+    if "uid" not in names or "status" in names or not _is_text(schema.field("uid").type):
+        return False
+    if any(not _is_text(schema.field(c).type) for c in _text_columns(schema, caption_col)):
+        return False
+    if "key" in names and not (_is_text(schema.field("key").type) or pa.types.is_integer(schema.field("key").type)):
+        return False
+    return not any(c in names and not pa.types.is_integer(schema.field(c).type) for c in INT_COLUMNS)
+
+
+def _text_columns(schema: pa.Schema, caption_col: str | None) -> list[str]:
+    return [c for c in (*_TEXT_COLUMNS, caption_col) if c is not None and c in schema.names]
+
+
+def _canonical_uids(uid: pa.ChunkedArray) -> bool:
+    """Whether every uid is already 32 lowercase hex characters (no row needs ``finish_uid``)."""
+    return not uid.null_count and (not len(uid) or pc.all(pc.match_substring_regex(uid, _UID_PATTERN)).as_py())
+
+
+def _meta_columns(schema: pa.Schema, caption_col: str | None, score_cols: list[str]) -> list[str]:
+    """The parquet columns that go to ``meta``: those no sample column takes, but bytes."""
+    consumed = {caption_col, "uid", *TAKEN_COLUMNS, *score_cols}
+    return [f.name for f in schema if f.name not in consumed and not is_binary_type(f.type)]
+
+
 def _columnar_samples(table: pa.Table, ref: ShardRef, caption_col: str | None, meta_cols: list[str]) -> pa.Table | None:
     """The sample table column by column, exactly as ``_row_samples`` builds it, for DataComp's own
     shape of metadata: uids already canonical, no status column, text as strings and sizes as
@@ -358,37 +397,65 @@ def _columnar_samples(table: pa.Table, ref: ShardRef, caption_col: str | None, m
     columns no sample column takes, e.g. ``face_bboxes``) is still built per row."""
     n = table.num_rows
     schema = table.schema
-    if "uid" not in schema.names or "status" in schema.names or not _is_text(schema.field("uid").type):
+    if not _has_columnar_schema(schema, caption_col) or not _canonical_uids(table["uid"]):
         return None
-    uid = table["uid"]
-    if uid.null_count or (n and not pc.all(pc.match_substring_regex(uid, _UID_PATTERN)).as_py()):
-        return None
-    text = [c for c in (*_TEXT_COLUMNS, caption_col) if c is not None and c in schema.names]
-    if any(not _is_text(schema.field(c).type) for c in text):
-        return None
-    if "key" in schema.names and not (
-        _is_text(schema.field("key").type) or pa.types.is_integer(schema.field("key").type)
-    ):
-        return None
-    if any(c in schema.names and not pa.types.is_integer(schema.field(c).type) for c in INT_COLUMNS):
-        return None
+    cast_from = _cast_sources(schema, caption_col)
 
-    def column(name: str | None, field: pa.Field) -> pa.Array | pa.ChunkedArray:
-        if name is None or name not in schema.names:
-            return pa.nulls(n, field.type)
-        return table[name].cast(field.type)
+    def column(field: pa.Field) -> pa.Array | pa.ChunkedArray:
+        name = cast_from[field.name]
+        return pa.nulls(n, field.type) if name is None else table[name].cast(field.type)
 
     by_name = {
-        "uid": uid.cast(pa.string()),
-        "caption": column(caption_col, SAMPLE_SCHEMA.field("caption")),
+        "uid": table["uid"].cast(pa.string()),
         "meta": _meta_column(table, meta_cols),
-        **{name: _constant_column(name, ref, n) for name in (*_PLACE_COLUMNS, "status", "keep", "decisions")},
+        **{name: _constant_column(name, ref, n) for name in _BY_PLACE},
     }
-    arrays = [
-        by_name[f.name] if f.name in by_name else column(f.name if f.name in (*text, "key", *INT_COLUMNS) else None, f)
-        for f in SAMPLE_SCHEMA
-    ]
+    arrays = [by_name[f.name] if f.name in by_name else column(f) for f in SAMPLE_SCHEMA]
     return pa.Table.from_arrays(arrays, schema=SAMPLE_SCHEMA)
+
+
+_BY_PLACE = (*_PLACE_COLUMNS, "status", "keep", "decisions")
+
+
+def _cast_sources(schema: pa.Schema, caption_col: str | None) -> dict[str, str | None]:
+    """For each sample column the columnar path makes by a cast, the parquet column it casts (None:
+    a null column): the caption, the other text, the key and the sizes. ``uid``, ``meta``, the place
+    columns, the status, ``keep`` and the decisions are made otherwise."""
+    taken = {*_text_columns(schema, caption_col), "key", *INT_COLUMNS}
+    made = {"uid", "meta", *_BY_PLACE}
+    sources: dict[str, str | None] = {}
+    for f in SAMPLE_SCHEMA:
+        if f.name == "caption":
+            sources[f.name] = caption_col
+        elif f.name not in made:
+            sources[f.name] = f.name if f.name in taken and f.name in schema.names else None
+    return sources
+
+
+# Columns a sidecar always holds: the identity, the place, the bookkeeping (and no image bytes).
+_SIDECAR_COLUMNS = ("uid", *_PLACE_COLUMNS, *_CONSTANT_COLUMNS, "image")
+
+
+def sql_columns(header: ShardHeader) -> dict[str, str]:
+    """The columns of ``read_datacomp_shard`` that DuckDB rebuilds from the shard's parquet alone
+    (``readers.source_sql``), for a shard of DataComp's own types; {} for any other (its rows need
+    conversions one by one). The uid stays out: that a shard's uids are canonical needs its values."""
+    schema = header.parquet_schema
+    caption_col = _caption_column(schema.names)
+    if not _has_columnar_schema(schema, caption_col):
+        return {}
+    columns: dict[str, str] = {}
+    for name, source in _cast_sources(schema, caption_col).items():
+        if name in _SIDECAR_COLUMNS:
+            continue
+        field_type = SAMPLE_SCHEMA.field(name).type
+        columns[name] = null_sql(field_type) if source is None else cast_sql(source, field_type)
+    meta = meta_json_sql(schema, _meta_columns(schema, caption_col, list(header.score_columns)))
+    if meta is not None:
+        columns["meta"] = meta
+    for name in header.score_columns:
+        columns[name] = cast_sql(name, pa.float32())
+    return columns
 
 
 def _is_list(t: pa.DataType) -> bool:
@@ -481,6 +548,9 @@ class DataCompReader:
         wanted = set(names)
         full = read_datacomp_shard(ref, [name for name in header.embeddings if name in wanted])
         return full.select([name for name in full.column_names if name in wanted])
+
+    def sql_columns(self, ref: ShardRef) -> dict[str, str]:
+        return sql_columns(_header(ref))
 
     def read_arrays(self, ref: ShardRef, names: list[str]) -> pa.Table:
         """Columns of ``array_columns`` exactly as ``read`` makes them, without the rest of the shard."""

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.crashpoints import CrashPlan, crash_point
-from curate.readers.base import ShardRef, fetch_images, source_array_columns
+from curate.readers.base import ShardRef, fetch_images, source_array_columns, source_sql_columns
 from curate.registry import get_layout
 from curate.run_storage import StagedFiles
 from curate.rundir import RunDir
@@ -38,6 +38,7 @@ class SinkContext:
     output: OutputSpec
     step_rows: tuple[tuple[str, str], ...]  # (step id, rows) in recipe order, for the counters
     crash: CrashPlan
+    changed: tuple[str, ...] = ()  # existing columns steps may change (``Plan.changed_columns``)
 
     @property
     def run(self) -> RunDir:
@@ -55,6 +56,29 @@ def output_keys(shard_index: int, table: pa.Table) -> pa.ChunkedArray:
     rows = pc.utf8_lpad(pc.cast(table["row_in_shard"], pa.string()), 6, "0")
     keys = pc.binary_join_element_wise(pa.scalar(shard_name(shard_index)), rows, "")
     return pc.if_else(pc.fill_null(table["keep"], False), keys, pa.scalar(None, pa.string()))
+
+
+def left_in_source(ctx: SinkContext, ref: ShardRef) -> dict[str, str | None]:
+    """The source's columns that the shard's final files leave in the source, each with the DuckDB
+    SQL that reads it back from the source file (``output.source_columns: leave``, the reader's
+    ``sql_columns`` but those a step may change), or None for an array (``output.source_arrays:
+    leave``: it stays in the npz, row-aligned). A source the catalog could not read with the run's
+    filesystem (on another object store) keeps its columns in the sidecars."""
+    output = ctx.output
+    left: dict[str, str | None] = {}
+    if output.source_arrays == "leave":
+        left.update(dict.fromkeys(source_array_columns(ref)))
+    if output.source_columns == "leave" and _readable_beside(ref.path, ctx.root):
+        left.update({c: sql for c, sql in source_sql_columns(ref).items() if c not in ctx.changed})
+    return left
+
+
+def _readable_beside(source: str, root: str) -> bool:
+    """Whether a catalog of the run at ``root`` reads ``source``: a local file, or one on the run's
+    own object store (its filesystem is the one the catalog registers)."""
+    if "://" not in source:
+        return True
+    return "://" in root and source.split("://", 1)[0] == root.split("://", 1)[0]
 
 
 def sidecar(table: pa.Table) -> pa.Table:
@@ -89,8 +113,8 @@ def write_final_shard(ctx: SinkContext, ref: ShardRef, table: pa.Table, stage_ve
     run, output = ctx.run, ctx.output
     layout = get_layout(output.layout)
     name = shard_name(ref.index)
-    if output.source_arrays == "leave":  # no file of the output holds them: they stay in the source
-        table = table.drop_columns([c for c in source_array_columns(ref) if c in table.column_names])
+    left = left_in_source(ctx, ref)  # no file of the output holds them: they stay in the source
+    table = table.drop_columns([c for c in left if c in table.column_names])
     if layout.writes_images:
         table = with_images(ref, table)
     table = table.append_column("output_key", output_keys(ref.index, table))
@@ -111,6 +135,8 @@ def write_final_shard(ctx: SinkContext, ref: ShardRef, table: pa.Table, stage_ve
             "samples_written": written,
             **{k: v for k, v in extra.items() if k != "samples_written"},
             "stage_version": stage_version,
+            # what the catalog's samples view joins back from the source (``curate.catalog``)
+            "left_in_source": {c: sql for c, sql in left.items() if sql is not None},
         }
         crash_point("shard_files_written", ctx.crash)
         files.commit()
