@@ -120,7 +120,11 @@ def load_stage_input(job: StageJob, ref: ShardRef, rows: list[int] | None = None
     """A shard (or ``rows`` of it) as the stage's first operation sees it."""
     if job.stage_index == 0:
         if _stores_lean(job, ref) and not job.step_ids:  # no step reads the rest
-            return _only_rows(read_columns(ref, [*KEY_COLUMNS, *BOOKKEEPING_COLUMNS, *job.first_stores]), rows)
+            names = [*KEY_COLUMNS, *BOOKKEEPING_COLUMNS, *job.first_stores]
+            if job.sink is not None:  # a recipe without steps: the sink writes what it does not leave
+                skip = _not_read_again(job, ref)
+                names = [c for c in source_columns(ref) if c not in skip]
+            return _only_rows(read_columns(ref, names), rows)
         wanted = {*job.named_columns, *job.declared}
         named = None if job.source_arrays else [c for c in source_array_columns(ref) if c in wanted]
         return _only_rows(read_shard(ref, named), rows)

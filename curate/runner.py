@@ -278,6 +278,13 @@ def _write_table(run: RunDir, name: str, table: pa.Table) -> None:
         pq.write_table(table, f)
 
 
+# steps.parquet's columns, named even for a recipe without steps (DuckDB reads no column-less file).
+_STEPS_SCHEMA = pa.schema(
+    [("step", pa.string()), *((c, pa.int64()) for c in ("in", "kept", "dropped", "failed"))]
+    + [("dropped_by_reason", pa.string()), ("failed_by_reason", pa.string())]
+)
+
+
 def _write_summary(plan: Plan, run: RunDir, stages: list[dict], tasks: Callable[[], ShardTasks]) -> dict:
     recipe = plan.recipe
     markers = run.read_markers()
@@ -313,7 +320,7 @@ def _write_summary(plan: Plan, run: RunDir, stages: list[dict], tasks: Callable[
                 "failed_by_reason": json.dumps(c["failed"]),
             }
         )
-    _write_table(run, "steps.parquet", pa.Table.from_pylist(step_rows))
+    _write_table(run, "steps.parquet", pa.Table.from_pylist(step_rows, schema=_STEPS_SCHEMA))
     build_catalog(run.url)
     # The kept uids as a DataComp subset file, for DataComp's resharder or `curate run reshard`.
     with StagedFiles(run.storage) as files:

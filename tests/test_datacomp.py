@@ -440,6 +440,27 @@ def test_source_columns_leave_gives_the_samples_of_a_run_that_copies_them(ray_se
     )
 
 
+def test_a_recipe_without_steps_writes_every_sample_whole(ray_session, metadata, tmp_path):
+    """With no step, stage 0 is the last stage: the sink writes every column it does not leave in
+    the source (once it wrote only the keys, and the catalog failed on an empty steps.parquet)."""
+    roots = {}
+    for mode in ("leave", "copy"):
+        recipe = validate_recipe(
+            {
+                "input": {"path": f"{metadata}/*.parquet", "format": "datacomp"},
+                "output": {"path": str(tmp_path / mode), "layout": "metadata", "source_columns": mode},
+                "steps": [],
+            }
+        )
+        roots[mode] = run_recipe(recipe).run_dir.root
+    assert {"uid", "caption", "url", "l14_img"} <= set(
+        pq.read_schema(roots["copy"] / "shards" / "00000000.parquet").names
+    )
+    samples = _samples(roots["leave"])
+    assert samples.num_rows == 1200 and samples["caption"].null_count == 0 and pa.compute.all(samples["keep"]).as_py()
+    _same_rows(samples, _samples(roots["copy"]))
+
+
 def test_source_columns_leave_needs_the_metadata_layout():
     from curate.config import RecipeError
 
