@@ -53,6 +53,7 @@ def joined_sql(sidecars: str, sources: list[str], columns: dict[str, str]) -> st
     (name -> SQL over a source file's own columns) read from the source files each row came from:
     row ``row_in_shard`` of the file ``source`` names."""
     select = ", ".join(f"{sql} AS {quote_identifier(name)}" for name, sql in columns.items())
+    sources = list(dict.fromkeys(sources))  # a file read twice would join each row twice
     return (
         f"SELECT s.*, src.* EXCLUDE (_source_file, _source_row) "
         f"FROM read_parquet({sidecars}, union_by_name = true) AS s LEFT JOIN ("

@@ -86,9 +86,10 @@ class StageJob:
     # Whether the stage's input carries every array its source keeps (``source_array_columns``), not
     # only the named ones: in the last stage, when the sink copies them into the output.
     source_arrays: bool
-    # Whether every operation of the stage only applies a global decision (or there are none): it
-    # reads no column but those stage 0 stored, so the last stage goes without what the sink leaves.
-    decides_only: bool
+    # When every operation of the stage only applies a global decision and says what it reads
+    # (``StepEntry.decide_columns``), those columns; the last stage reads no other column the sink
+    # leaves in the source. None: a step may read any column.
+    decide_reads: tuple[str, ...] | None
     sink: SinkContext | None  # set in the last stage: finished shards go straight to the sink
     crash: CrashPlan
 
@@ -108,12 +109,14 @@ def _only_rows(table: pa.Table, rows: list[int] | None) -> pa.Table:
 def _not_read_again(job: StageJob, ref: ShardRef) -> set[str]:
     """The columns stage 0 left in the source that this stage's input goes without. Before the last
     stage: the arrays (a step reads one only by naming it, and stage 0 stores the named ones). In
-    the last: what the sink leaves in the source too, but only its arrays if a step of the stage
-    may read the table's other columns."""
+    the last: what the sink leaves in the source too but what the stage's decisions read, or only
+    its arrays if a step of the stage may read any column."""
     if job.sink is None:
         return set(source_array_columns(ref))
     left = left_in_source(job.sink, ref)
-    return set(left) if job.decides_only else {c for c, sql in left.items() if sql is None}
+    if job.decide_reads is None:
+        return {c for c, sql in left.items() if sql is None}
+    return {c for c in left if c not in job.decide_reads}
 
 
 def load_stage_input(job: StageJob, ref: ShardRef, rows: list[int] | None = None) -> pa.Table:

@@ -75,6 +75,13 @@ class StepEntry:
         declared = getattr(self.cls, "state_columns", None)
         return None if declared is None else tuple(declared(params))
 
+    def decide_columns(self, params: BaseModel) -> tuple[str, ...] | None:
+        """The columns of its stage's table a global step's ``decide`` reads besides the keys, the uid
+        and the bookkeeping, as its class declares them (``decide_columns(params)``); None when it does
+        not declare them (it may read any column, so its stage reads every column of the source)."""
+        declared = getattr(self.cls, "decide_columns", None)
+        return None if declared is None else tuple(declared(params))
+
     @property
     def annotates_in_stream(self) -> bool:
         """A global step whose ``__call__`` annotates in the stage before its barrier (in parallel

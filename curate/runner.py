@@ -181,6 +181,17 @@ def _describe(stage: Stage) -> dict:
     }
 
 
+def _decide_reads(stage: Stage) -> tuple[str, ...] | None:
+    """What a stage of global decisions only reads (``StageJob.decide_reads``); None for any other."""
+    reads: set[str] = set()
+    for op in stage.operations:
+        columns = op.entry.decide_columns(op.entry.params_model(**op.spec.params)) if op.action == "decide" else None
+        if columns is None:
+            return None
+        reads.update(columns)
+    return tuple(sorted(reads))
+
+
 def _final_is_current(run: RunDir, ref: ShardRef, version: str) -> bool:
     """Whether the shard's final files were written from the last stage's output of ``version``."""
     return (run.read_marker(ref.index) or {}).get("stage_version") == version
@@ -227,7 +238,7 @@ def _run_stages(plan: Plan, run: RunDir, shards: list[ShardRef], crash: CrashPla
                 named_columns=plan.columns_named_by_steps,
                 first_stores=plan.first_stage_stores if stage.index == 0 else None,
                 source_arrays=stage.is_last and plan.recipe.output.source_arrays == "copy",
-                decides_only=all(op.action == "decide" for op in stage.operations),
+                decide_reads=_decide_reads(stage),
                 sink=sink if stage.is_last else None,
                 crash=crash,
             )

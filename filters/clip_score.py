@@ -81,6 +81,10 @@ class ClipScoreFraction:
     def state_columns(params: ClipFractionParams) -> tuple[str, ...]:
         return (params.score_column,)  # and count(*): a stage without steps stores little else
 
+    @staticmethod
+    def decide_columns(params: ClipFractionParams) -> tuple[str, ...]:
+        return (params.score_column,)
+
     def global_state(self, con: duckdb.DuckDBPyConnection, artifacts: Path) -> dict:
         column = quote_identifier(self.params.score_column)
         try:

@@ -96,6 +96,10 @@ class ImageBasedFilter:
     def state_columns(params: ImageBasedParams) -> tuple[str, ...]:
         return fit_sample_columns(params.embedding_column)
 
+    @staticmethod
+    def decide_columns(params: ImageBasedParams) -> tuple[str, ...]:
+        return (params.embedding_column, *(("caption",) if params.caption_filter else ()))
+
     def global_state(self, con: duckdb.DuckDBPyConnection, artifacts: Path) -> dict:
         p = self.params
         vectors, skipped = fit_sample(con, p.embedding_column, seed=p.seed, limit=p.max_fit_samples)

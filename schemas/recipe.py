@@ -81,7 +81,8 @@ class OutputSpec(StrictModel):
     # gives back unchanged (DataComp's text, url, sizes, scores and face_bboxes as ``meta``) stay in
     # it; the catalog's ``samples`` view joins them back by ``source`` and ``row_in_shard``, and the
     # sidecars hold the uid, the bookkeeping, the decisions and what steps add or change. A reader
-    # that cannot say how its columns read back (``sql_columns``) copies them. Metadata layout only.
+    # that cannot say how its columns read back (``sql_columns``), and a source named by a relative
+    # path or on an object store, copy them. Metadata layout only.
     source_columns: Literal["copy", "leave"] = "copy"
 
     @model_validator(mode="after")

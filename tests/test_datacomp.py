@@ -351,8 +351,8 @@ def test_a_killed_basic_run_stores_only_what_it_adds_and_resumes_to_the_same_fil
 
 def _mixed_pool(metadata: Path, out: Path) -> Path:
     """The pool with shard 0 given a second ``meta`` column (a list of floats with NaN, nulls and
-    empty lists), and shard 2's sizes stored as floats, which only the per-row path converts: that
-    shard cannot say how its columns read back, so it keeps them in its sidecar."""
+    empty lists), shard 1 uids that are not DataComp's and shard 2's sizes stored as floats, which
+    only the per-row path converts: those shards keep their columns in their sidecars."""
     out.mkdir()
     for path in sorted(metadata.glob("*.parquet")):
         (out / path.with_suffix(".npz").name).write_bytes(path.with_suffix(".npz").read_bytes())
@@ -360,6 +360,9 @@ def _mixed_pool(metadata: Path, out: Path) -> Path:
         if path.name == "00000000.parquet":
             extra = [[float("nan"), 1.5] if i % 3 == 0 else (None if i % 3 == 1 else []) for i in range(table.num_rows)]
             table = table.append_column("extra_boxes", pa.array(extra, pa.list_(pa.float64())))
+        if path.name == "00000001.parquet":  # uids the reader derives anew (and keeps in meta.source_uid)
+            uids = [f"img-{i}" for i in range(table.num_rows)]
+            table = table.set_column(table.schema.get_field_index("uid"), "uid", pa.array(uids))
         if path.name == "00000002.parquet":
             index = table.schema.get_field_index("original_width")
             table = table.set_column(index, "original_width", table["original_width"].cast(pa.float64()))
@@ -412,10 +415,14 @@ def test_source_columns_leave_gives_the_samples_of_a_run_that_copies_them(ray_se
     slim = set(pq.read_schema(leave / "shards" / "00000000.parquet").names)
     assert {"uid", "keep", "decisions", "source", "row_in_shard"} <= slim
     assert not slim & {"caption", "url", "meta", "clip_l14_similarity_score", "original_width"}
-    assert {"caption", "meta"} <= set(pq.read_schema(leave / "shards" / "00000002.parquet").names)
+    for kept_whole in ("00000001.parquet", "00000002.parquet"):
+        assert {"caption", "meta"} <= set(pq.read_schema(leave / "shards" / kept_whole).names)
     left = json.loads(pq.read_table(leave / "shards.parquet")["left_in_source"][0].as_py())
     assert {"caption", "url", "meta", "clip_l14_similarity_score"} <= set(left)
     assert json.loads(pq.read_table(leave / "shards.parquet")["left_in_source"][2].as_py()) == {}
+    assert "source_uid" in json.loads(
+        _samples(leave).filter(pa.compute.equal(_samples(leave)["shard_index"], 1))["meta"][0].as_py()
+    )
 
     samples = _samples(leave)
     _same_rows(samples, _samples(copy))
@@ -459,6 +466,28 @@ def test_a_recipe_without_steps_writes_every_sample_whole(ray_session, metadata,
     samples = _samples(roots["leave"])
     assert samples.num_rows == 1200 and samples["caption"].null_count == 0 and pa.compute.all(samples["keep"]).as_py()
     _same_rows(samples, _samples(roots["copy"]))
+
+
+def test_source_columns_leave_when_a_decision_reads_the_caption(ray_session, metadata, tmp_path):
+    """``datacomp_image_based``'s decision reads the caption (its caption filter), which the last
+    stage then reads from the source although the sink leaves it there (``decide_columns``): the
+    run gives the samples and subset of a run that copies the columns."""
+    roots = {}
+    for mode in ("leave", "copy"):
+        sets = [
+            f"output.source_columns={mode}",
+            f"steps.image_based.params.reference_embeddings={metadata / 'refs.npy'}",
+            "steps.image_based.params.num_clusters=6",
+        ]
+        recipe = load_recipe(
+            "datacomp_image_based", sets, input_path=f"{metadata}/*.parquet", output_path=str(tmp_path / mode)
+        )
+        roots[mode] = run_recipe(recipe).run_dir.root
+    assert "caption" not in pq.read_schema(roots["leave"] / "shards" / "00000000.parquet").names
+    _same_rows(_samples(roots["leave"]), _samples(roots["copy"]))
+    assert (roots["leave"] / "subset.npy").read_bytes() == (roots["copy"] / "subset.npy").read_bytes()
+    dropped = json.loads((roots["leave"] / "stats.json").read_text())["steps"]["image_based"]["dropped"]
+    assert dropped.get("caption_too_short") or dropped.get("non_english")
 
 
 def test_source_columns_leave_needs_the_metadata_layout():

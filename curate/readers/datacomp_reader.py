@@ -436,13 +436,28 @@ def _cast_sources(schema: pa.Schema, caption_col: str | None) -> dict[str, str |
 _SIDECAR_COLUMNS = ("uid", *_PLACE_COLUMNS, *_CONSTANT_COLUMNS, "image")
 
 
+@functools.lru_cache(maxsize=4096)
+def _sql_columns_of(path: str, npz_path: str, *stamps: tuple) -> tuple[tuple[str, str], ...]:
+    """``sql_columns`` of the shard, once a process while its files stay the same; none if its uids
+    are not canonical (the per-row path then adds ``source_uid`` to ``meta``)."""
+    header = _header_of(path, npz_path, *stamps)
+    columns = sql_columns(header)
+    if columns and not _canonical_uids(read_parquet_table(path, ["uid"])["uid"]):
+        return ()
+    return tuple(columns.items())
+
+
+# Columns DuckDB's read_parquet(filename = true, file_row_number = true) adds: a source with one cannot be joined.
+_DUCKDB_VIRTUAL = ("filename", "file_row_number")
+
+
 def sql_columns(header: ShardHeader) -> dict[str, str]:
     """The columns of ``read_datacomp_shard`` that DuckDB rebuilds from the shard's parquet alone
     (``readers.source_sql``), for a shard of DataComp's own types; {} for any other (its rows need
     conversions one by one). The uid stays out: that a shard's uids are canonical needs its values."""
     schema = header.parquet_schema
     caption_col = _caption_column(schema.names)
-    if not _has_columnar_schema(schema, caption_col):
+    if not _has_columnar_schema(schema, caption_col) or set(_DUCKDB_VIRTUAL) & set(schema.names):
         return {}
     columns: dict[str, str] = {}
     for name, source in _cast_sources(schema, caption_col).items():
@@ -550,7 +565,8 @@ class DataCompReader:
         return full.select([name for name in full.column_names if name in wanted])
 
     def sql_columns(self, ref: ShardRef) -> dict[str, str]:
-        return sql_columns(_header(ref))
+        npz_path = _npz_path(ref)
+        return dict(_sql_columns_of(ref.path, npz_path, _file_stamp(ref.path), _file_stamp(npz_path)))
 
     def read_arrays(self, ref: ShardRef, names: list[str]) -> pa.Table:
         """Columns of ``array_columns`` exactly as ``read`` makes them, without the rest of the shard."""

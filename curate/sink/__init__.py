@@ -13,6 +13,7 @@ leaves either a done shard or one to redo, and a redo writes the same bytes.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,23 +63,20 @@ def left_in_source(ctx: SinkContext, ref: ShardRef) -> dict[str, str | None]:
     """The source's columns that the shard's final files leave in the source, each with the DuckDB
     SQL that reads it back from the source file (``output.source_columns: leave``, the reader's
     ``sql_columns`` but those a step may change), or None for an array (``output.source_arrays:
-    leave``: it stays in the npz, row-aligned). A source the catalog could not read with the run's
-    filesystem (on another object store) keeps its columns in the sidecars."""
+    leave``: it stays in the npz, row-aligned). Only a local file named by an absolute path
+    without glob characters leaves them: DuckDB's ``filename`` must be ``source`` as written, from
+    wherever the catalog is opened; a relative path or one on an object store keeps them in the sidecars."""
     output = ctx.output
     left: dict[str, str | None] = {}
     if output.source_arrays == "leave":
         left.update(dict.fromkeys(source_array_columns(ref)))
-    if output.source_columns == "leave" and _readable_beside(ref.path, ctx.root):
+    if output.source_columns == "leave" and _joinable(ref.path):
         left.update({c: sql for c, sql in source_sql_columns(ref).items() if c not in ctx.changed})
     return left
 
 
-def _readable_beside(source: str, root: str) -> bool:
-    """Whether a catalog of the run at ``root`` reads ``source``: a local file, or one on the run's
-    own object store (its filesystem is the one the catalog registers)."""
-    if "://" not in source:
-        return True
-    return "://" in root and source.split("://", 1)[0] == root.split("://", 1)[0]
+def _joinable(source: str) -> bool:
+    return "://" not in source and os.path.isabs(source) and not any(c in source for c in "*?[{")
 
 
 def sidecar(table: pa.Table) -> pa.Table:
