@@ -317,6 +317,16 @@ def _write_summary(plan: Plan, run: RunDir, stages: list[dict], tasks: Callable[
         for m in markers
     ]
     _write_table(run, "shards.parquet", pa.Table.from_pylist(shard_rows))
+    copied = [m["source"] for m in markers if not m.get("left_in_source")]
+    if recipe.output.source_columns == "leave" and copied:  # said, not silent: the sidecars hold them
+        logger.warning(
+            "output.source_columns: leave: %d of %d shards copied their columns into the sidecars (their "
+            "path is relative, has glob characters or is remote, or their rows need per-row conversions), "
+            "e.g. %s; see shards.parquet's left_in_source",
+            len(copied),
+            len(markers),
+            copied[0],
+        )
     step_rows = []
     for step_id in stats["steps_order"]:
         c = stats["steps"].get(step_id, {"in": 0, "kept": 0, "dropped": {}, "failed": {}})

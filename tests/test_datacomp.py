@@ -391,7 +391,7 @@ def _same_rows(left: pa.Table, copied: pa.Table) -> None:
             assert left[name].to_pylist() == copied[name].to_pylist(), name
 
 
-def test_source_columns_leave_gives_the_samples_of_a_run_that_copies_them(ray_session, metadata, tmp_path):
+def test_source_columns_leave_gives_the_samples_of_a_run_that_copies_them(ray_session, metadata, tmp_path, caplog):
     """``datacomp_basic`` (``output.source_columns: leave``) writes sidecars of the uid and the
     decisions only; the catalog's ``samples`` view joins the text, url, sizes, scores and ``meta``
     back from the source, row for row equal to a run that copies them. A shard whose columns need
@@ -412,6 +412,7 @@ def test_source_columns_leave_gives_the_samples_of_a_run_that_copies_them(ray_se
         )
         runs[mode] = run_recipe(recipe).run_dir.root
     leave, copy = runs["leave"], runs["copy"]
+    assert "output.source_columns: leave: 2 of 3 shards copied their columns" in caplog.text
     slim = set(pq.read_schema(leave / "shards" / "00000000.parquet").names)
     assert {"uid", "keep", "decisions", "source", "row_in_shard"} <= slim
     assert not slim & {"caption", "url", "meta", "clip_l14_similarity_score", "original_width"}
